@@ -1,0 +1,3 @@
+from rlhf_ray.cli import main
+
+raise SystemExit(main())

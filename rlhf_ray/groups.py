@@ -1,0 +1,72 @@
+"""Worker groups: N Ray actors of one role, called together like one object.
+
+The controller never loops over actors itself: it calls a group, which either sends the same call
+to every rank (``call``) or splits a batch evenly across ranks and concatenates the answers in order
+(``map_batch``). Remote calls are awaited with a timeout that names the actor that hung.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import ray
+import torch
+
+from rlhf_ray.batch import Batch, split_batch
+from rlhf_ray.config import Config, RoleResources
+
+
+class RemoteCallError(RuntimeError):
+    pass
+
+
+class WorkerGroup:
+    def __init__(self, role: str, worker_cls: type, cfg: Config, run_id: str = "run"):
+        res: RoleResources = getattr(cfg, role)
+        self.role = role
+        self.size = res.num_actors
+        self.timeout = cfg.trainer.call_timeout_s
+        remote_cls = ray.remote(worker_cls)
+        self.actors = [
+            remote_cls.options(
+                name=f"{run_id}/{role}-{rank}", namespace=cfg.ray.namespace,
+                num_cpus=res.num_cpus_per_actor, num_gpus=res.num_gpus_per_actor,
+                runtime_env={"env_vars": _actor_env(res)},
+            ).remote(cfg, rank, self.size)
+            for rank in range(self.size)
+        ]
+
+    def call(self, method: str, *args, **kwargs) -> list[ray.ObjectRef]:
+        """The same call on every rank."""
+        return [getattr(a, method).remote(*args, **kwargs) for a in self.actors]
+
+    def call_each(self, method: str, per_rank_args: Sequence[tuple]) -> list[ray.ObjectRef]:
+        return [getattr(a, method).remote(*args) for a, args in zip(self.actors, per_rank_args)]
+
+    def map_batch(self, method: str, batch: Batch, *args) -> list[ray.ObjectRef]:
+        """Splits ``batch`` evenly over the ranks; ``gather_cat`` joins the results in order."""
+        shards = split_batch(batch, self.size)
+        return [getattr(a, method).remote(s, *args) for a, s in zip(self.actors, shards)]
+
+    def get(self, refs: list[ray.ObjectRef], what: str = "") -> list[Any]:
+        try:
+            return ray.get(refs, timeout=self.timeout)
+        except ray.exceptions.GetTimeoutError:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            late = [f"{self.role}-{i}" for i, r in enumerate(refs) if r not in ready]
+            raise RemoteCallError(f"{what or 'remote call'} on {', '.join(late)} did not finish within "
+                                  f"trainer.call_timeout_s={self.timeout:g}s") from None
+
+    def gather_cat(self, refs: list[ray.ObjectRef], what: str = "") -> torch.Tensor:
+        return torch.cat(self.get(refs, what))
+
+    def kill(self) -> None:
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+
+
+def _actor_env(res: RoleResources) -> dict[str, str]:
+    env = {"TOKENIZERS_PARALLELISM": "false"}
+    if res.torch_threads:
+        env["OMP_NUM_THREADS"] = str(res.torch_threads)
+    return env

@@ -1,0 +1,63 @@
+"""Thin wrappers over transformers loaders that fail early with the path in the message.
+
+transformers treats a missing local folder as a hub repo id and, offline, fails with a
+confusing "couldn't connect to huggingface.co" error; checking first gives a clear one.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def _require_dir(path: str, what: str) -> str:
+    path = os.path.expanduser(str(path))
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"{what} folder not found: {path!r} (models are loaded from local folders only; "
+            f"for SmolLM2 run rlhf_ray.models.prepare.prepare_smollm2())"
+        )
+    return path
+
+
+def _as_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).replace("torch.", "")
+    aliases = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
+    value = getattr(torch, aliases.get(name, name), None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}")
+    return value
+
+
+def load_tokenizer(path: str, **kwargs):
+    from transformers import AutoTokenizer
+
+    path = _require_dir(path, "Tokenizer")
+    if not any(os.path.isfile(os.path.join(path, f)) for f in _TOKENIZER_FILES):
+        raise FileNotFoundError(f"No tokenizer files ({', '.join(_TOKENIZER_FILES)}) in {path!r}")
+    return AutoTokenizer.from_pretrained(path, local_files_only=True, **kwargs)
+
+
+def load_causal_lm(path: str, dtype="float32", **kwargs):
+    from transformers import AutoModelForCausalLM
+
+    path = _require_dir(path, "Model")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"No config.json in model folder {path!r}")
+    return AutoModelForCausalLM.from_pretrained(
+        path, dtype=_as_dtype(dtype), local_files_only=True, **kwargs
+    )
+
+
+def check_model_folder(path: str) -> str:
+    """Fails with the path in the message unless ``path`` holds a config.json and a tokenizer."""
+    path = _require_dir(path, "Model")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"No config.json in model folder {path!r}")
+    if not any(os.path.isfile(os.path.join(path, f)) for f in _TOKENIZER_FILES):
+        raise FileNotFoundError(f"No tokenizer files ({', '.join(_TOKENIZER_FILES)}) in model folder {path!r}")
+    return path

@@ -1,0 +1,9 @@
+"""The five RLHF roles, each a plain class that WorkerGroup turns into Ray actors."""
+
+from rlhf_ray.roles.critic import Critic
+from rlhf_ray.roles.learner import PolicyLearner
+from rlhf_ray.roles.reference import Reference
+from rlhf_ray.roles.reward import Reward
+from rlhf_ray.roles.rollout import Rollout
+
+__all__ = ["Critic", "PolicyLearner", "Reference", "Reward", "Rollout"]

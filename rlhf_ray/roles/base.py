@@ -1,0 +1,50 @@
+"""What every role actor shares: its rank in the group, seeding, threads, and identity."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from rlhf_ray.config import Config, RoleResources
+
+
+class Worker:
+    """Base of the role actors. One actor = one rank of a role's group."""
+
+    role = "worker"
+
+    def __init__(self, cfg: Config, rank: int = 0, world_size: int = 1):
+        self.cfg = cfg
+        self.rank = rank
+        self.world_size = world_size
+        res: RoleResources = getattr(cfg, self.role)
+        if res.torch_threads:
+            torch.set_num_threads(res.torch_threads)
+        seed_everything(cfg.trainer.seed + 1000 * rank)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def identity(self) -> dict:
+        """Where this actor runs: for placement checks, dashboards and failure messages."""
+        import ray
+
+        ctx = ray.get_runtime_context()
+        return {"role": self.role, "rank": self.rank, "pid": os.getpid(),
+                "node_ip": ray.util.get_node_ip_address(), "node_id": ctx.get_node_id(),
+                "gpu_ids": ray.get_gpu_ids()}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,40 @@
+"""The critic: a value model trained with the clipped value loss, one DeepSpeed rank per actor."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from rlhf_ray.algos import VALUE_LOSSES
+from rlhf_ray.batch import Batch
+from rlhf_ray.models.forward import ValueModel, response_values
+from rlhf_ray.roles.ds_worker import DeepSpeedWorker
+
+
+class Critic(DeepSpeedWorker):
+    role = "critic"
+
+    def init_model(self, model_path: str) -> int:
+        self._initialize(ValueModel.from_pretrained(model_path))
+        return sum(p.numel() for p in self.module.parameters())
+
+    def compute_values(self, batch: Batch) -> torch.Tensor:
+        return self._forward_eval(batch, lambda mb: response_values(self.engine, mb))
+
+    def train_values(self, batch: Batch) -> dict[str, float]:
+        """Value epochs on this rank's shard; needs old_values and returns."""
+        ppo = self.cfg.ppo
+        value_loss = VALUE_LOSSES.get("clipped")
+
+        def loss_fn(mb: Batch):
+            values = response_values(self.engine, mb)
+            loss, metrics = value_loss(values, mb["old_values"], mb["returns"], mb["response_mask"],
+                                       clip_eps=ppo.value_clip_eps)
+            metrics["value_loss"] = loss.item()
+            return ppo.value_loss_coef * loss, metrics
+
+        start = time.perf_counter()
+        metrics = self._train_epochs(batch, loss_fn)
+        metrics["compute_s"] = time.perf_counter() - start
+        return {f"critic/{k}": v for k, v in metrics.items()}

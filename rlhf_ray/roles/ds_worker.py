@@ -1,0 +1,105 @@
+"""DeepSpeed plumbing shared by the trainable roles (learner and critic).
+
+Each actor is one data-parallel rank. Ray gives each GPU actor its own CUDA_VISIBLE_DEVICES, so the
+local rank is always 0; ranks meet over NCCL on GPUs and gloo on CPU, at the address of rank 0.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from rlhf_ray.batch import Batch, batch_size, micro_batches, select
+from rlhf_ray.config import Config, TrainableRole
+from rlhf_ray.roles.base import Worker, free_port
+
+
+class DeepSpeedWorker(Worker):
+    """A rank of a DeepSpeed-trained role; subclasses build the model and the loss."""
+
+    def __init__(self, cfg: Config, rank: int = 0, world_size: int = 1):
+        super().__init__(cfg, rank, world_size)
+        self.role_cfg: TrainableRole = getattr(cfg, self.role)
+        self.engine = None
+
+    # -- group setup: the controller asks rank 0 for an address, then calls setup on every rank
+    def master_address(self) -> tuple[str, int]:
+        import ray
+
+        return ray.util.get_node_ip_address(), free_port()
+
+    def setup_distributed(self, addr: str, port: int) -> None:
+        import deepspeed
+
+        os.environ.update(MASTER_ADDR=addr, MASTER_PORT=str(port), RANK=str(self.rank),
+                          WORLD_SIZE=str(self.world_size), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+        if addr.startswith("127."):
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+
+    def ds_config(self) -> dict:
+        r = self.role_cfg
+        per_actor = self.cfg.ppo.minibatch_samples_global // self.world_size
+        accum = per_actor // r.micro_batch_samples_per_actor
+        return {
+            "train_micro_batch_size_per_gpu": r.micro_batch_samples_per_actor,
+            "gradient_accumulation_steps": accum,
+            "train_batch_size": r.micro_batch_samples_per_actor * accum * self.world_size,
+            "gradient_clipping": r.max_grad_norm,
+            "zero_optimization": {"stage": r.zero_stage, "overlap_comm": False},
+            "bf16": {"enabled": r.precision == "bf16"},
+            "fp16": {"enabled": r.precision == "fp16"},
+            # torch's AdamW: no C++/CUDA op build on first use, works on every accelerator.
+            "optimizer": {"type": "AdamW", "params": {"lr": r.lr, "betas": list(r.adam_betas),
+                                                       "weight_decay": r.weight_decay, "torch_adam": True}},
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+
+    def _initialize(self, model: torch.nn.Module) -> None:
+        import deepspeed
+
+        if self.role_cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.engine, *_ = deepspeed.initialize(
+            model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+            config=self.ds_config())
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.engine.module
+
+    # -- the PPO-style update loop: epochs × shuffled minibatches × micro-batches
+    def _train_epochs(self, batch: Batch, loss_fn) -> dict[str, float]:
+        """Runs ``loss_fn(micro) -> (loss, metrics)`` over the shard; returns mean metrics."""
+        self.engine.train()
+        per_actor = self.cfg.ppo.minibatch_samples_global // self.world_size
+        micro = self.role_cfg.micro_batch_samples_per_actor
+        g = torch.Generator().manual_seed(self.cfg.trainer.seed + self.rank + 7919 * self._updates)
+        sums: dict[str, float] = {}
+        count = 0
+        for _ in range(self.cfg.ppo.epochs):
+            order = torch.randperm(batch_size(batch), generator=g)
+            for start in range(0, len(order), per_actor):
+                for mb in micro_batches(select(batch, order[start:start + per_actor]), micro):
+                    loss, metrics = loss_fn(mb)
+                    self.engine.backward(loss)
+                    self.engine.step()
+                    for k, v in metrics.items():
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                    count += 1
+        self._updates += 1
+        out = {k: v / max(count, 1) for k, v in sums.items()}
+        out["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
+        out["lr"] = self.engine.get_lr()[0]
+        return out
+
+    _updates = 0
+
+    @torch.no_grad()
+    def _forward_eval(self, batch: Batch, fn) -> torch.Tensor:
+        self.engine.eval()
+        micro = self.role_cfg.micro_batch_samples_per_actor
+        return torch.cat([fn(mb).cpu() for mb in micro_batches(batch, micro)])

@@ -1,0 +1,94 @@
+"""The learner: the policy under training, one DeepSpeed data-parallel rank per actor."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from rlhf_ray.algos import KL_ESTIMATORS, POLICY_LOSSES, masked_mean
+from rlhf_ray.batch import Batch
+from rlhf_ray.models.forward import response_logprobs
+from rlhf_ray.roles.ds_worker import DeepSpeedWorker
+
+
+class PolicyLearner(DeepSpeedWorker):
+    role = "learner"
+
+    def init_model(self, model_path: str) -> int:
+        from rlhf_ray.models.loading import load_causal_lm
+
+        self._initialize(load_causal_lm(model_path, torch.float32))
+        return sum(p.numel() for p in self.module.parameters())
+
+    def compute_logprobs(self, batch: Batch) -> torch.Tensor:
+        t = self.cfg.rollout.temperature
+        return self._forward_eval(batch, lambda mb: response_logprobs(self.engine, mb, t)[0])
+
+    def train_ppo(self, batch: Batch, kl_coef: float) -> dict[str, float]:
+        """PPO epochs on this rank's shard. Needs old_logprobs and advantages (and ref_logprobs
+        when the KL penalty sits in the loss)."""
+        ppo = self.cfg.ppo
+        policy_loss = POLICY_LOSSES.get("ppo")
+        kl_in_loss = ppo.kl.placement == "loss" and kl_coef > 0
+        kl_fn = KL_ESTIMATORS.get(ppo.kl.estimator)
+
+        def loss_fn(mb: Batch):
+            mask = mb["response_mask"]
+            need_entropy = ppo.entropy_coef > 0
+            logp, entropy = response_logprobs(self.engine, mb, self.cfg.rollout.temperature, with_entropy=True)
+            loss, metrics = policy_loss(logp, mb["old_logprobs"], mb["advantages"], mask,
+                                        clip_eps=ppo.clip_eps, clip_eps_high=ppo.clip_eps_high, agg=ppo.loss_agg)
+            ent = masked_mean(entropy, mask)
+            if need_entropy:
+                loss = loss - ppo.entropy_coef * ent
+            if kl_in_loss:
+                kl = masked_mean(kl_fn(logp, mb["ref_logprobs"]), mask)
+                loss = loss + kl_coef * kl
+                metrics["kl_loss"] = kl.item()
+            metrics.update(policy_loss=loss.item(), entropy=ent.item())
+            return loss, metrics
+
+        start = time.perf_counter()
+        metrics = self._train_epochs(batch, loss_fn)
+        metrics["compute_s"] = time.perf_counter() - start
+        return {f"learner/{k}": v for k, v in metrics.items()}
+
+    # -- weight sync
+    def version(self) -> int:
+        return self._updates
+
+    def push_weights(self, engines: list, version: int, bucket_mb: float) -> dict[str, float]:
+        """Gathers full weights (ZeRO-3 needs every rank to join) and, on rank 0, sends them to all
+        rollout engines in buckets of about ``bucket_mb`` MiB: one object-store put and one remote
+        call per bucket per engine, never one per parameter."""
+        import deepspeed
+        import ray
+
+        start = time.perf_counter()
+        zero3 = self.role_cfg.zero_stage == 3
+        limit = bucket_mb * 2**20
+        pending, bucket, size, sent = [], [], 0, 0
+
+        def flush(last: bool):
+            nonlocal bucket, size, sent
+            ref = ray.put(bucket)
+            pending.extend(e.load_weights.remote(ref, version, last) for e in engines)
+            sent += size
+            bucket, size = [], 0
+
+        params = list(self.module.named_parameters())
+        for name, p in params:
+            with deepspeed.zero.GatheredParameters([p], enabled=zero3):
+                if self.rank == 0:
+                    t = p.detach().to("cpu", copy=True)
+                    bucket.append((name, t))
+                    size += t.numel() * t.element_size()
+            if self.rank == 0 and size >= limit:
+                flush(last=False)
+        if self.rank == 0:
+            flush(last=True)
+            ray.get(pending)
+        seconds = time.perf_counter() - start
+        return {"sync/bytes": float(sent), "sync/seconds": seconds,
+                "sync/bytes_per_s": sent / seconds if seconds else 0.0}

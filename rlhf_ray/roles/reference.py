@@ -1,0 +1,26 @@
+"""The reference: the frozen initial policy; it only scores log-probs for the KL penalty."""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf_ray.batch import Batch, micro_batches
+from rlhf_ray.models.forward import response_logprobs
+from rlhf_ray.roles.base import Worker
+
+
+class Reference(Worker):
+    role = "reference"
+
+    def init_model(self, model_path: str) -> int:
+        from rlhf_ray.models.loading import load_causal_lm
+
+        self.model = load_causal_lm(model_path, torch.float32).to(self.device).eval()
+        self.model.requires_grad_(False)
+        return sum(p.numel() for p in self.model.parameters())
+
+    @torch.no_grad()
+    def compute_logprobs(self, batch: Batch) -> torch.Tensor:
+        t = self.cfg.rollout.temperature
+        micro = self.cfg.reference.micro_batch_samples_per_actor
+        return torch.cat([response_logprobs(self.model, mb, t)[0].cpu() for mb in micro_batches(batch, micro)])

@@ -1,0 +1,139 @@
+"""The rollout: a generation engine (vLLM; transformers as a slow fallback) inside one actor.
+
+It returns token ids and the log-probs of the sampled tokens, and takes versioned weight updates
+from the learner in buckets. vLLM runs in-process (no engine subprocess) so that the weights can be
+reloaded with a direct call, on CPU and on a single GPU alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import torch
+
+from rlhf_ray.roles.base import Worker
+
+
+class Rollout(Worker):
+    role = "rollout"
+
+    def init_model(self, model_path: str) -> int:
+        self.version = 0
+        self.model_path = model_path
+        rc, mc = self.cfg.rollout, self.cfg.model
+        self.max_len = mc.max_prompt_tokens + rc.max_new_tokens
+        if rc.backend == "hf":
+            from rlhf_ray.models.loading import load_causal_lm
+
+            self.engine = HFEngine(load_causal_lm(model_path, getattr(torch, mc.dtype)).to(self.device))
+            return 0
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(rc.cpu_kv_cache_gib))))
+        from vllm import LLM
+
+        from rlhf_ray.models.loading import check_model_folder
+
+        check_model_folder(model_path)
+        self.engine = LLM(model=model_path, dtype=mc.dtype, enforce_eager=True, seed=self.cfg.trainer.seed + self.rank,
+                          max_model_len=self.max_len, tensor_parallel_size=rc.tensor_parallel_size,
+                          gpu_memory_utilization=rc.gpu_memory_utilization,
+                          enable_prefix_caching=rc.enable_prefix_caching, disable_log_stats=True)
+        return 0
+
+    def generate(self, prompt_ids: list[list[int]], greedy: bool = False, seed: int = 0) -> dict:
+        """Samples one response per prompt (the controller repeats prompts for n samples).
+
+        Returns response ids, their log-probs under the engine's weights, finish reasons, the weights
+        version that produced them, and the seconds spent. Texts are decoded by the controller, so
+        every backend yields the same strings."""
+        rc = self.cfg.rollout
+        start = time.perf_counter()
+        temperature = 0.0 if greedy else rc.temperature
+        top_p = 1.0 if greedy else rc.top_p
+        if isinstance(self.engine, HFEngine):
+            out = self.engine.generate(prompt_ids, rc.max_new_tokens, temperature, top_p, seed)
+        else:
+            out = self._vllm_generate(prompt_ids, temperature, top_p, seed)
+        out.update(version=self.version, seconds=time.perf_counter() - start)
+        return out
+
+    def _vllm_generate(self, prompt_ids, temperature, top_p, seed) -> dict:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = [SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=self.cfg.rollout.max_new_tokens,
+                                 logprobs=0, seed=seed + i) for i in range(len(prompt_ids))]
+        outs = self.engine.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
+        ids, logps, reasons = [], [], []
+        for o in outs:
+            c = o.outputs[0]
+            ids.append(list(c.token_ids))
+            logps.append([lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs)])
+            reasons.append(c.finish_reason)
+        return {"response_ids": ids, "logprobs": logps, "finish_reasons": reasons}
+
+    # -- weight sync
+    def load_weights(self, named_tensors: list[tuple[str, torch.Tensor]], version: int, last: bool) -> int:
+        """One bucket of new weights; the version is set once the last bucket is in."""
+        if isinstance(self.engine, HFEngine):
+            self.engine.load_weights(named_tensors)
+        else:
+            from rlhf_ray.models.vllm_weights import load_weights_into_vllm
+
+            load_weights_into_vllm(self.engine, named_tensors)
+        if last:
+            self.version = version
+        return self.version
+
+    def get_version(self) -> int:
+        return self.version
+
+    def weights_digest(self) -> dict[str, str]:
+        """Hash of every weight the engine holds, for checking a sync end to end."""
+        if isinstance(self.engine, HFEngine):
+            named = self.engine.model.named_parameters()
+        else:
+            from rlhf_ray.models.vllm_weights import vllm_named_parameters
+
+            named = vllm_named_parameters(self.engine)
+        return {n: tensor_digest(p) for n, p in named}
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    return hashlib.sha1(t.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+class HFEngine:
+    """transformers `generate` behind the rollout interface: slow, but needs no vLLM."""
+
+    def __init__(self, model):
+        self.model = model.eval()
+
+    @torch.no_grad()
+    def generate(self, prompt_ids, max_new_tokens, temperature, top_p, seed) -> dict:
+        from rlhf_ray.algos.masked import logprobs_from_logits
+
+        torch.manual_seed(seed)
+        device = next(self.model.parameters()).device
+        eos = self.model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos]
+        ids, logps = [], []
+        for p in prompt_ids:  # one at a time: no padding subtleties, and this path is for debugging
+            x = torch.tensor([p], device=device)
+            kw = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+            out = self.model.generate(x, max_new_tokens=max_new_tokens, output_logits=True, return_dict_in_generate=True,
+                                      pad_token_id=eos[0], top_k=0, **kw)
+            resp = out.sequences[0, len(p):].tolist()
+            logits = torch.stack(out.logits, 1)[0, :len(resp)].float() / (temperature or 1.0)
+            ids.append(resp)
+            logps.append(logprobs_from_logits(logits[None], torch.tensor([resp], device=device))[0].tolist())
+        return {"response_ids": ids, "logprobs": logps,
+                "finish_reasons": ["stop" if r and r[-1] in eos else "length" for r in ids]}
+
+    def load_weights(self, named_tensors) -> None:
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, t in named_tensors:
+                params[name].copy_(t)

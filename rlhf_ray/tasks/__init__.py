@@ -1,0 +1,1 @@
+"""Prompt tasks generated in code and their rule-based reward functions."""

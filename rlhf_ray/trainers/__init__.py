@@ -1,0 +1,1 @@
+"""Controllers: one per algorithm family, all driving the same role actors."""
