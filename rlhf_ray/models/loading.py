@@ -33,6 +33,24 @@ def _as_dtype(dtype) -> torch.dtype:
     return value
 
 
+def check_model_folder(path: str, tokenizer: bool = True) -> str:
+    """Fail with the path in the message unless ``path`` holds config.json, weights and
+    (unless tokenizer=False) a tokenizer; return the expanded path.
+
+    Checked before handing a path to vLLM or transformers, whose own errors for a missing
+    local folder talk about the hub.
+    """
+    path = _require_dir(path, "Model")
+    names = os.listdir(path)
+    if "config.json" not in names:
+        raise FileNotFoundError(f"No config.json in model folder {path!r}")
+    if not any(n.endswith((".safetensors", ".bin", ".safetensors.index.json")) for n in names):
+        raise FileNotFoundError(f"No weights (*.safetensors / *.bin) in model folder {path!r}")
+    if tokenizer and not any(f in names for f in _TOKENIZER_FILES):
+        raise FileNotFoundError(f"No tokenizer files ({', '.join(_TOKENIZER_FILES)}) in {path!r}")
+    return path
+
+
 def load_tokenizer(path: str, **kwargs):
     from transformers import AutoTokenizer
 
@@ -45,19 +63,7 @@ def load_tokenizer(path: str, **kwargs):
 def load_causal_lm(path: str, dtype="float32", **kwargs):
     from transformers import AutoModelForCausalLM
 
-    path = _require_dir(path, "Model")
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise FileNotFoundError(f"No config.json in model folder {path!r}")
+    path = check_model_folder(path, tokenizer=False)
     return AutoModelForCausalLM.from_pretrained(
         path, dtype=_as_dtype(dtype), local_files_only=True, **kwargs
     )
-
-
-def check_model_folder(path: str) -> str:
-    """Fails with the path in the message unless ``path`` holds a config.json and a tokenizer."""
-    path = _require_dir(path, "Model")
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise FileNotFoundError(f"No config.json in model folder {path!r}")
-    if not any(os.path.isfile(os.path.join(path, f)) for f in _TOKENIZER_FILES):
-        raise FileNotFoundError(f"No tokenizer files ({', '.join(_TOKENIZER_FILES)}) in model folder {path!r}")
-    return path

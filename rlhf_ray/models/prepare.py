@@ -66,10 +66,10 @@ def _load_from_gguf(gguf_path: str):
     """Dequantized float32 model and tokenizer from a GGUF file.
 
     `AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)` refuses to run without
-    `accelerate` (a hard check, not a real use; accelerate is not a dependency here), and with
-    it, transformers 5.19 may keep weights packed in GGUF blocks, which would then be saved
-    with a quantization_config vLLM cannot read. So we do what its GGUF fallback does: config
-    from the GGUF metadata, then transformers' own dequantizer and tensor-name mapping.
+    `accelerate` (a hard check; accelerate is not a dependency here). So we do what its GGUF
+    path does for architectures without packed-GGUF kernels: config from the GGUF metadata,
+    then transformers' own dequantizer and GGUF -> HF tensor-name mapping. This also rules
+    out weights kept in GGUF blocks, which would be saved with a quantization_config.
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

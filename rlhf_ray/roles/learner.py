@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import torch
@@ -55,9 +56,6 @@ class PolicyLearner(DeepSpeedWorker):
         return {f"learner/{k}": v for k, v in metrics.items()}
 
     # -- weight sync
-    def version(self) -> int:
-        return self._updates
-
     def push_weights(self, engines: list, version: int, bucket_mb: float) -> dict[str, float]:
         """Gathers full weights (ZeRO-3 needs every rank to join) and, on rank 0, sends them to all
         rollout engines in buckets of about ``bucket_mb`` MiB: one object-store put and one remote
@@ -78,13 +76,16 @@ class PolicyLearner(DeepSpeedWorker):
             bucket, size = [], 0
 
         params = list(self.module.named_parameters())
-        for name, p in params:
+        for i, (name, p) in enumerate(params):
             with deepspeed.zero.GatheredParameters([p], enabled=zero3):
                 if self.rank == 0:
                     t = p.detach().to("cpu", copy=True)
                     bucket.append((name, t))
                     size += t.numel() * t.element_size()
-            if self.rank == 0 and size >= limit:
+            # Cut buckets only between layers: vLLM rebuilds a fused q/k/v or gate/up layer from
+            # one call's tensors, so splitting a layer across buckets would corrupt it.
+            at_layer_end = i + 1 == len(params) or _layer_of(params[i + 1][0]) != _layer_of(name)
+            if self.rank == 0 and size >= limit and at_layer_end:
                 flush(last=False)
         if self.rank == 0:
             flush(last=True)
@@ -92,3 +93,9 @@ class PolicyLearner(DeepSpeedWorker):
         seconds = time.perf_counter() - start
         return {"sync/bytes": float(sent), "sync/seconds": seconds,
                 "sync/bytes_per_s": sent / seconds if seconds else 0.0}
+
+
+def _layer_of(name: str) -> str:
+    """'model.layers.3.self_attn.q_proj.weight' → 'model.layers.3'; other names stand alone."""
+    m = re.match(r"^(.*?\.layers\.\d+)\.", name)
+    return m.group(1) if m else name

@@ -7,7 +7,6 @@ reloaded with a direct call, on CPU and on a single GPU alike.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 
@@ -90,19 +89,21 @@ class Rollout(Worker):
     def get_version(self) -> int:
         return self.version
 
-    def weights_digest(self) -> dict[str, str]:
-        """Hash of every weight the engine holds, for checking a sync end to end."""
+    def score_logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
+        """Log-probs of given responses under the served weights: a layout-independent fingerprint
+        of what the engine holds (vLLM on CPU packs its weights into kernels that cannot be read back),
+        compared with the learner's log-probs to check a weight sync end to end."""
         if isinstance(self.engine, HFEngine):
-            named = self.engine.model.named_parameters()
-        else:
-            from rlhf_ray.models.vllm_weights import vllm_named_parameters
+            from rlhf_ray.batch import build_batch
+            from rlhf_ray.models.forward import response_logprobs
 
-            named = vllm_named_parameters(self.engine)
-        return {n: tensor_digest(p) for n, p in named}
+            batch = build_batch(prompt_ids, response_ids, pad_id=0)
+            with torch.no_grad():
+                logp = response_logprobs(self.engine.model, batch)[0].cpu()
+            return [row[:len(r)].tolist() for row, r in zip(logp, response_ids)]
+        from rlhf_ray.models.vllm_weights import vllm_prompt_logprobs
 
-
-def tensor_digest(t: torch.Tensor) -> str:
-    return hashlib.sha1(t.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+        return [vllm_prompt_logprobs(self.engine, p + r)[-len(r):] for p, r in zip(prompt_ids, response_ids)]
 
 
 class HFEngine:

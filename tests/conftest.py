@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny random models (TRL-style test kit) and one local Ray for the session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tiny_dir):
+    from rlhf_ray.models.tiny import build_tiny_model
+
+    return build_tiny_model(tiny_dir, kind="causal_lm")
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model(tiny_dir):
+    from rlhf_ray.models.tiny import build_tiny_model
+
+    return build_tiny_model(tiny_dir, kind="reward", seed=1)
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray, loopback only, logical CPUs enough for every role at once."""
+    ray = pytest.importorskip("ray")
+    ray.init(_node_ip_address="127.0.0.1", num_cpus=8, include_dashboard=False, namespace="rlhf_ray_tests",
+             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def tiny_overrides(policy: str, run_dir, *extra: str) -> list[str]:
+    """A PPO config small enough for seconds per step on 2 CPU cores."""
+    return [f"model.path={policy}", "model.max_prompt_tokens=64", "rollout.max_new_tokens=8",
+            "task.n_train=64", "task.n_eval=8", "ppo.prompts_per_step_global=4", "ppo.samples_per_prompt=2",
+            "ppo.minibatch_samples_global=8", "learner.micro_batch_samples_per_actor=4",
+            "critic.micro_batch_samples_per_actor=4", "learner.lr=1e-3", "critic.lr=1e-3",
+            "trainer.total_steps=2", "trainer.eval_every=0", f"trainer.run_dir={run_dir}",
+            "logging.wandb_mode=disabled", "logging.progress_bar=false", "rollout.cpu_kv_cache_gib=1", *extra]
