@@ -34,8 +34,10 @@ def tiny_reward_model(tiny_dir):
 def local_ray():
     """One local Ray, loopback only, logical CPUs enough for every role at once."""
     ray = pytest.importorskip("ray")
-    ray.init(_node_ip_address="127.0.0.1", num_cpus=8, include_dashboard=False, namespace="rlhf_ray_tests",
-             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}, log_to_driver=False)
+    from rlhf_ray.trainers.session import start_local_ray
+
+    start_local_ray(num_cpus=8, namespace="rlhf_ray_tests", log_to_driver=False,
+                    runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     yield ray
     ray.shutdown()
 

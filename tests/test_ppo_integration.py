@@ -83,3 +83,14 @@ def test_ppo_zero3_two_learners_hf_rollout(local_ray, tiny_policy, tmp_path):
         "critic.micro_batch_samples_per_actor=2", "ppo.kl.placement=loss", "ppo.kl.estimator=k3"))
     _fit(cfg)
     _check_metrics(_metrics(tmp_path), 2)
+
+
+def test_local_ray_listens_on_loopback_only(local_ray):
+    @local_ray.remote
+    def where():
+        import ray
+
+        return ray.util.get_node_ip_address()
+
+    assert local_ray.get(where.remote()) == "127.0.0.1"
+    assert {n["NodeManagerAddress"] for n in local_ray.nodes()} == {"127.0.0.1"}

@@ -27,7 +27,7 @@ TINY_CONFIG = dict(
     num_key_value_heads=2,
     intermediate_size=128,
     max_position_embeddings=512,
-    tie_word_embeddings=False,
+    tie_word_embeddings=True,  # as SmolLM2: the weight sync must handle tied heads
 )
 
 

@@ -38,7 +38,8 @@ _FUSED_GROUPS = (
     (re.compile(r"^(.*\.self_attn\.)(q|k|v)_proj\.(weight|bias)$"), ("q", "k", "v")),
     (re.compile(r"^(.*\.mlp\.)(gate|up)_proj\.(weight|bias)$"), ("gate", "up")),
 )
-_LAYERWISE_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+_RELOAD_LOGGERS = ("vllm.model_executor.model_loader.reload.layerwise",
+                   "vllm.model_executor.model_loader.reload.inplace")
 
 
 class WeightSyncExtension:
@@ -66,11 +67,13 @@ def _check_fused_groups(names: list[str]) -> None:
             )
 
 
-class _DropRotaryWarning(logging.Filter):
-    # RotaryEmbedding has no checkpoint weights (only a cos/sin buffer that vLLM restores),
-    # yet the layerwise reloader warns "Failed to load weights" for it on every update.
+class _DropPartialLoadWarnings(logging.Filter):
+    # Updates arrive in buckets, so every call leaves most layers untouched on purpose (they keep
+    # their values), and RotaryEmbedding has no checkpoint weights at all; vLLM warns about each
+    # such layer on every call. Whether a sync worked is checked by log-probs, not by these lines.
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("RotaryEmbedding: Failed to load weights")
+        msg = record.getMessage()
+        return "Failed to load weights" not in msg and "weights were not loaded from checkpoint" not in msg
 
 
 def _is_in_process(llm) -> bool:
@@ -92,13 +95,15 @@ def load_weights_into_vllm(llm, named_tensors: list[tuple[str, torch.Tensor]]) -
         return
     _check_fused_groups([n for n, _ in named_tensors])
     if _is_in_process(llm):
-        log = logging.getLogger(_LAYERWISE_LOGGER)
-        quiet = _DropRotaryWarning()
-        log.addFilter(quiet)
+        logs = [logging.getLogger(name) for name in _RELOAD_LOGGERS]
+        quiet = _DropPartialLoadWarnings()
+        for log in logs:
+            log.addFilter(quiet)
         try:
             llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named_tensors})
         finally:
-            log.removeFilter(quiet)
+            for log in logs:
+                log.removeFilter(quiet)
     elif _has_extension(llm):
         buf = io.BytesIO()
         torch.save([(n, t.cpu()) for n, t in named_tensors], buf)

@@ -134,7 +134,7 @@ class HFEngine:
                 "finish_reasons": ["stop" if r and r[-1] in eos else "length" for r in ids]}
 
     def load_weights(self, named_tensors) -> None:
-        params = dict(self.model.named_parameters())
+        params = dict(self.model.named_parameters(remove_duplicate=False))
         with torch.no_grad():
             for name, t in named_tensors:
                 params[name].copy_(t)

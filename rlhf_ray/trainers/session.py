@@ -30,14 +30,29 @@ def init_ray(cfg: Config, roles=ROLES) -> None:
 
     if ray.is_initialized():
         return
-    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1"}}
+    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
     if cfg.ray.address:
-        ray.init(address=cfg.ray.address, namespace=cfg.ray.namespace, runtime_env=env, log_to_driver=True)
+        ray.init(address=cfg.ray.address, namespace=cfg.ray.namespace, runtime_env=env)
         return
     wanted = sum(getattr(cfg, r).num_actors * getattr(cfg, r).num_cpus_per_actor for r in roles)
-    ray.init(_node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", namespace=cfg.ray.namespace,
-             num_cpus=cfg.ray.local_num_cpus or max(os.cpu_count() or 1, math.ceil(wanted)),
-             num_gpus=cfg.ray.local_num_gpus, include_dashboard=cfg.ray.local_dashboard, runtime_env=env)
+    start_local_ray(num_cpus=cfg.ray.local_num_cpus or max(os.cpu_count() or 1, math.ceil(wanted)),
+                    num_gpus=cfg.ray.local_num_gpus, dashboard=cfg.ray.local_dashboard,
+                    namespace=cfg.ray.namespace, runtime_env=env)
+
+
+def start_local_ray(num_cpus: int, num_gpus: int | None = None, dashboard: bool = False, **kwargs) -> None:
+    """A single-node Ray whose every server (GCS, raylet, workers, dashboard) listens on 127.0.0.1.
+
+    `_node_ip_address="127.0.0.1"` alone is not enough: Ray swaps a loopback address for the
+    machine's routable one unless its "cluster mode" is off, which this env var (read by Ray's
+    child processes) and the constant (read by this process, already imported) turn off."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    ray.init(_node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", num_cpus=num_cpus, num_gpus=num_gpus,
+             include_dashboard=dashboard, **kwargs)
 
 
 def make_run_dir(cfg: Config) -> Path:
