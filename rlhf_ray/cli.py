@@ -19,15 +19,19 @@ def _split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
 
 def cmd_train(args) -> int:
     from rlhf_ray.config import load_config
-    from rlhf_ray.trainers.ppo import run_ppo
+    from rlhf_ray.trainers import run
 
     path, overrides = _split_config_args(args.config)
     cfg = load_config(path, overrides)
-    summary = run_ppo(cfg)
-    acc = summary["eval_accuracy"]
-    first, last = min(acc), max(acc)
-    print(f"held-out accuracy: before {acc[first]:.3f} -> after {acc[last]:.3f} "
-          f"(step {first} -> {last}); run directory: {cfg.trainer.run_dir}")
+    summary = run(cfg)
+    evals = summary.get("eval", {})
+    if evals:
+        first, last = min(evals), max(evals)
+        for key in evals[first]:
+            if key in evals[last] and not key.startswith("time/"):
+                print(f"held-out {key}: before {evals[first][key]:.4f} -> after {evals[last][key]:.4f} "
+                      f"(step {first} -> {last})")
+    print(f"run directory: {cfg.trainer.run_dir}")
     return 0
 
 

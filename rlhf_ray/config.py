@@ -64,12 +64,11 @@ class RolloutConfig(RoleResources):
     enable_prefix_caching: bool = Field(False, description="vLLM prefix caching (the cache is reset on every weight sync).")
 
 
-class RewardConfig(RoleResources):
+class RewardConfig(TrainableRole):
     kind: Literal["rule", "model"] = Field("rule", description="Rule-based function, or a sequence-classification reward model.")
     function: str = Field("rlhf_ray.tasks.rewards:arithmetic_exact_match",
                           description="Import path 'module:function' of a rule reward f(prompts, responses, answers) -> list[float].")
-    model_path: str | None = Field(None, description="Reward-model HF folder (kind=model); score read at the last token.")
-    micro_batch_samples_per_actor: int = Field(8, ge=1, description="Samples per reward-model forward pass.")
+    model_path: str | None = Field(None, description="Reward-model HF folder (kind=model; the start point of reward_model training).")
 
 
 class ReferenceConfig(RoleResources):
@@ -85,8 +84,13 @@ class KLConfig(_Strict):
     horizon: int = Field(10000, ge=1, description="Adaptive controller horizon, in samples.")
 
 
+ONLINE_ALGORITHMS = ("ppo", "grpo", "rloo", "reinforce_pp")
+PREFERENCE_ALGORITHMS = ("dpo", "ipo", "cdpo", "simpo", "orpo", "kto")
+Algorithm = Literal["ppo", "grpo", "rloo", "reinforce_pp", "dpo", "ipo", "cdpo", "simpo", "orpo", "kto", "sft",
+                    "reward_model", "raft"]
+
+
 class PPOConfig(_Strict):
-    algorithm: Literal["ppo"] = Field("ppo", description="Online algorithm.")
     prompts_per_step_global: int = Field(16, ge=1, description="Prompts sampled per step, whole run.")
     samples_per_prompt: int = Field(4, ge=1, description="Responses generated per prompt.")
     epochs: int = Field(1, ge=1, description="PPO epochs over each step's samples.")
@@ -102,6 +106,31 @@ class PPOConfig(_Strict):
     entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus in the policy loss.")
     kl: KLConfig = Field(default_factory=KLConfig, description="KL penalty to the reference.")
     logprob_gap_warn: float = Field(0.05, gt=0, description="Warn when |rollout − learner| sampled-token log-prob gap exceeds this.")
+
+
+class OfflineConfig(_Strict):
+    train_file: str | None = Field(None, description="Training data: a .jsonl/.jsonl.gz/.parquet file (fields per algorithm, see docs).")
+    eval_file: str | None = Field(None, description="Held-out data file; empty = hold out `eval_fraction` of train_file.")
+    eval_fraction: float = Field(0.05, ge=0, lt=1, description="Share of train_file held out when there is no eval_file.")
+    format: Literal["auto", "pairs", "hh", "unpaired", "sft"] = Field(
+        "auto", description="Row format: prompt/chosen/rejected pairs, HH-RLHF dialogues, KTO prompt/completion/label, or SFT prompt/response.")
+    max_prompt_tokens: int = Field(256, ge=1, description="Prompt tokens kept (the end of a longer prompt is kept).")
+    max_length: int = Field(512, ge=2, description="Prompt + response tokens; longer responses are cut at the end.")
+    truncation: Literal["truncate", "drop", "error"] = Field(
+        "truncate", description="Rows over the limits: cut them, drop them (counted in the log), or stop with the row number.")
+    batch_samples_global: int = Field(8, ge=1, description="Rows (pairs for preference methods) per optimiser step, all learner actors.")
+    epochs: int = Field(1, ge=1, description="Passes over the training data.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps (empty = all epochs).")
+    eval_every: int = Field(0, ge=0, description="Held-out evaluation every K steps (0 = only before and after).")
+    beta: float = Field(0.1, gt=0, description="β of DPO/IPO/cDPO/KTO (inverse temperature); SimPO's reward scale.")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO's ε: assumed rate of flipped preference labels.")
+    simpo_gamma: float = Field(0.5, ge=0, description="SimPO target reward margin γ.")
+    orpo_lambda: float = Field(0.1, ge=0, description="ORPO weight λ of the odds-ratio term.")
+    kto_desirable_weight: float = Field(1.0, gt=0, description="KTO weight of desirable examples.")
+    kto_undesirable_weight: float = Field(1.0, gt=0, description="KTO weight of undesirable examples.")
+    rm_margin: float = Field(0.0, ge=0, description="Bradley-Terry margin: −log σ(r_w − r_l − margin).")
+    reference_logprobs: Literal["precompute", "per_batch"] = Field(
+        "precompute", description="Reference log-probs once for the whole dataset (cached), or per batch.")
 
 
 class TaskConfig(_Strict):
@@ -138,6 +167,7 @@ class RayConfig(_Strict):
 
 
 class Config(_Strict):
+    algorithm: Algorithm = Field("ppo", description="ppo/grpo/rloo/reinforce_pp (online), dpo/ipo/cdpo/simpo/orpo/kto, sft, reward_model, raft.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The policy model.")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Rollout engines.")
     learner: TrainableRole = Field(default_factory=lambda: TrainableRole(lr=1e-6), description="Policy trainer.")
@@ -145,26 +175,42 @@ class Config(_Strict):
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig, description="Frozen reference policy.")
     reward: RewardConfig = Field(default_factory=RewardConfig, description="Reward function or model.")
     ppo: PPOConfig = Field(default_factory=PPOConfig, description="PPO hyper-parameters.")
+    offline: OfflineConfig = Field(default_factory=OfflineConfig, description="Data and losses of offline methods.")
     task: TaskConfig = Field(default_factory=TaskConfig, description="Prompts and held-out set.")
     trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="Loop length, seed, outputs.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Metrics sinks.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Where to run.")
 
+    @property
+    def is_online(self) -> bool:
+        return self.algorithm in ONLINE_ALGORITHMS or self.algorithm == "raft"
+
+    @property
+    def optimizer_batch_global(self) -> int:
+        """Samples (pairs for preference losses) per optimiser step, all trainer actors together."""
+        return self.ppo.minibatch_samples_global if self.algorithm in ONLINE_ALGORITHMS else self.offline.batch_samples_global
+
     @model_validator(mode="after")
     def _check_batches(self) -> "Config":
-        samples = self.ppo.prompts_per_step_global * self.ppo.samples_per_prompt
-        if samples % self.ppo.minibatch_samples_global:
-            raise ValueError(
-                f"ppo.minibatch_samples_global={self.ppo.minibatch_samples_global} must divide the samples per step "
-                f"(ppo.prompts_per_step_global × ppo.samples_per_prompt = {samples})")
-        for role in ("learner", "critic"):
+        if self.algorithm in ONLINE_ALGORITHMS:
+            samples = self.ppo.prompts_per_step_global * self.ppo.samples_per_prompt
+            if samples % self.ppo.minibatch_samples_global:
+                raise ValueError(
+                    f"ppo.minibatch_samples_global={self.ppo.minibatch_samples_global} must divide the samples per "
+                    f"step (ppo.prompts_per_step_global × ppo.samples_per_prompt = {samples})")
+        if self.algorithm in ("grpo", "rloo") and self.ppo.samples_per_prompt < 2:
+            raise ValueError(f"algorithm={self.algorithm} compares samples of one prompt: ppo.samples_per_prompt must be ≥ 2")
+        if not self.is_online and not self.offline.train_file:
+            raise ValueError(f"algorithm={self.algorithm} trains on a dataset: set offline.train_file")
+        roles = ("learner", "critic") if self.algorithm == "ppo" else ("reward",) if self.algorithm == "reward_model" else ("learner",)
+        key = "ppo.minibatch_samples_global" if self.algorithm in ONLINE_ALGORITHMS else "offline.batch_samples_global"
+        for role in roles:
             r = getattr(self, role)
-            per_actor, rem = divmod(self.ppo.minibatch_samples_global, r.num_actors)
+            per_actor, rem = divmod(self.optimizer_batch_global, r.num_actors)
             if rem or per_actor % r.micro_batch_samples_per_actor:
                 raise ValueError(
-                    f"ppo.minibatch_samples_global={self.ppo.minibatch_samples_global} must split evenly over "
-                    f"{role}.num_actors={r.num_actors} actors into micro-batches of "
-                    f"{role}.micro_batch_samples_per_actor={r.micro_batch_samples_per_actor}")
+                    f"{key}={self.optimizer_batch_global} must split evenly over {role}.num_actors={r.num_actors} "
+                    f"actors into micro-batches of {role}.micro_batch_samples_per_actor={r.micro_batch_samples_per_actor}")
         return self
 
 

@@ -84,13 +84,29 @@ def _has_extension(llm) -> bool:
     return llm.llm_engine.vllm_config.parallel_config.worker_extension_cls == WORKER_EXTENSION
 
 
+def _with_tied_head(llm, named_tensors):
+    """Adds `lm_head.weight` beside the input embedding when the model ties them.
+
+    A trainer's `named_parameters()` lists a tied weight once, under the embedding's name; vLLM
+    skips `lm_head.weight` when loading a tied model yet keeps a separately packed copy of the head
+    on CPU, which is rebuilt only when the head's layer is given weights in the same call."""
+    hf_config = llm.llm_engine.model_config.hf_config
+    if not getattr(hf_config, "tie_word_embeddings", False):
+        return named_tensors
+    names = {n for n, _ in named_tensors}
+    embed = [t for n, t in named_tensors if n.endswith("embed_tokens.weight")]
+    if embed and "lm_head.weight" not in names:
+        named_tensors = named_tensors + [("lm_head.weight", embed[0])]
+    return named_tensors
+
+
 def load_weights_into_vllm(llm, named_tensors: list[tuple[str, torch.Tensor]]) -> None:
     """Load HF-named tensors (e.g. `model.state_dict().items()`) into a live `vllm.LLM`.
 
     Tensors may be any dtype/device; vLLM casts into its own parameters. Must not be called
     while requests are in flight (LLM.generate is synchronous, so between calls is fine).
     """
-    named_tensors = [(str(n), t.detach()) for n, t in named_tensors]
+    named_tensors = _with_tied_head(llm, [(str(n), t.detach()) for n, t in named_tensors])
     if not named_tensors:
         return
     _check_fused_groups([n for n, _ in named_tensors])

@@ -41,7 +41,7 @@ class DeepSpeedWorker(Worker):
 
     def ds_config(self) -> dict:
         r = self.role_cfg
-        per_actor = self.cfg.ppo.minibatch_samples_global // self.world_size
+        per_actor = self.cfg.optimizer_batch_global // self.world_size
         accum = per_actor // r.micro_batch_samples_per_actor
         return {
             "train_micro_batch_size_per_gpu": r.micro_batch_samples_per_actor,
@@ -75,7 +75,7 @@ class DeepSpeedWorker(Worker):
     def _train_epochs(self, batch: Batch, loss_fn) -> dict[str, float]:
         """Runs ``loss_fn(micro) -> (loss, metrics)`` over the shard; returns mean metrics."""
         self.engine.train()
-        per_actor = self.cfg.ppo.minibatch_samples_global // self.world_size
+        per_actor = self.cfg.optimizer_batch_global // self.world_size
         micro = self.role_cfg.micro_batch_samples_per_actor
         g = torch.Generator().manual_seed(self.cfg.trainer.seed + self.rank + 7919 * self._updates)
         sums: dict[str, float] = {}

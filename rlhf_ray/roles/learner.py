@@ -76,16 +76,11 @@ class PolicyLearner(DeepSpeedWorker):
             bucket, size = [], 0
 
         params = list(self.module.named_parameters())
-        # A tied output head (SmolLM2, Qwen) must travel under its own name too, in the same call:
-        # vLLM keeps a separately packed copy of it that is rebuilt only when its layer gets weights.
-        aliases: dict[int, list[str]] = {}
-        for name, p in self.module.named_parameters(remove_duplicate=False):
-            aliases.setdefault(id(p), []).append(name)
         for i, (name, p) in enumerate(params):
             with deepspeed.zero.GatheredParameters([p], enabled=zero3):
                 if self.rank == 0:
                     t = p.detach().to("cpu", copy=True)
-                    bucket += [(alias, t) for alias in aliases[id(p)]]
+                    bucket.append((name, t))
                     size += t.numel() * t.element_size()
             # Cut buckets only between layers: vLLM rebuilds a fused q/k/v or gate/up layer from
             # one call's tensors, so splitting a layer across buckets would corrupt it.

@@ -38,7 +38,9 @@ class Rollout(Worker):
         self.engine = LLM(model=model_path, dtype=mc.dtype, enforce_eager=True, seed=self.cfg.trainer.seed + self.rank,
                           max_model_len=self.max_len, tensor_parallel_size=rc.tensor_parallel_size,
                           gpu_memory_utilization=rc.gpu_memory_utilization,
-                          enable_prefix_caching=rc.enable_prefix_caching, disable_log_stats=True)
+                          enable_prefix_caching=rc.enable_prefix_caching, disable_log_stats=True,
+                          # log-probs after temperature scaling, as the learner computes them
+                          logprobs_mode="processed_logprobs")
         return 0
 
     def generate(self, prompt_ids: list[list[int]], greedy: bool = False, seed: int = 0) -> dict:

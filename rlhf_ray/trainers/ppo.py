@@ -82,7 +82,7 @@ class PPOTrainer:
             self.tracker.log(step, metrics, echo=bar.write)
             bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl/mean']:.3f}")
         self.tracker.close()
-        summary = {"eval_accuracy": {s: m["eval/accuracy"] for s, m in history.items()}}
+        summary = {"eval": {s: {k: v for k, v in m.items() if k.startswith("eval/")} for s, m in history.items()}}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         return summary
 
@@ -192,7 +192,7 @@ def _mean_dicts(dicts: list[dict[str, float]]) -> dict[str, float]:
     return {k: sum(d[k] for d in dicts) / len(dicts) for k in keys}
 
 
-def run_ppo(cfg: Config) -> dict:
+def run(cfg: Config) -> dict:
     trainer = PPOTrainer(cfg)
     try:
         return trainer.fit()
