@@ -35,6 +35,6 @@ class Critic(DeepSpeedWorker):
             return ppo.value_loss_coef * loss, metrics
 
         start = time.perf_counter()
-        metrics = self._train_epochs(batch, loss_fn)
+        metrics = self._train_epochs(batch, loss_fn, ppo.epochs)
         metrics["compute_s"] = time.perf_counter() - start
         return {f"critic/{k}": v for k, v in metrics.items()}

@@ -72,15 +72,17 @@ class DeepSpeedWorker(Worker):
         return self.engine.module
 
     # -- the PPO-style update loop: epochs × shuffled minibatches × micro-batches
-    def _train_epochs(self, batch: Batch, loss_fn) -> dict[str, float]:
-        """Runs ``loss_fn(micro) -> (loss, metrics)`` over the shard; returns mean metrics."""
+    def _train_epochs(self, batch: Batch, loss_fn, epochs: int = 1) -> dict[str, float]:
+        """Runs ``loss_fn(micro) -> (loss, metrics)`` over this rank's shard: ``epochs`` passes, each
+        over shuffled minibatches of one optimiser step (``cfg.optimizer_batch_global`` / ranks
+        samples, accumulated in micro-batches). Returns the metrics averaged over micro-batches."""
         self.engine.train()
         per_actor = self.cfg.optimizer_batch_global // self.world_size
         micro = self.role_cfg.micro_batch_samples_per_actor
         g = torch.Generator().manual_seed(self.cfg.trainer.seed + self.rank + 7919 * self._updates)
         sums: dict[str, float] = {}
         count = 0
-        for _ in range(self.cfg.ppo.epochs):
+        for _ in range(epochs):
             order = torch.randperm(batch_size(batch), generator=g)
             for start in range(0, len(order), per_actor):
                 for mb in micro_batches(select(batch, order[start:start + per_actor]), micro):

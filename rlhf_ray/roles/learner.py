@@ -51,6 +51,21 @@ class PolicyLearner(DeepSpeedWorker):
             return loss, metrics
 
         start = time.perf_counter()
+        metrics = self._train_epochs(batch, loss_fn, ppo.epochs)
+        metrics["compute_s"] = time.perf_counter() - start
+        return {f"learner/{k}": v for k, v in metrics.items()}
+
+    def train_sft(self, batch: Batch) -> dict[str, float]:
+        """Next-token loss on the response tokens only (prompt tokens are context, not targets).
+        One pass over this rank's shard; its size should be a multiple of one optimiser step."""
+        from rlhf_ray.algos import sft_loss
+
+        def loss_fn(mb: Batch):
+            logp, _ = response_logprobs(self.engine, mb)
+            loss = sft_loss(logp, mb["response_mask"])
+            return loss, {"sft_loss": loss.item()}
+
+        start = time.perf_counter()
         metrics = self._train_epochs(batch, loss_fn)
         metrics["compute_s"] = time.perf_counter() - start
         return {f"learner/{k}": v for k, v in metrics.items()}
