@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
@@ -42,6 +43,15 @@ def cmd_prepare_model(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from rlhf_ray.report import write_report
+
+    write_report(args.run_dir)
+    print((Path(args.run_dir) / "report.txt").read_text(), end="")
+    print(f"plots: {args.run_dir}/report.png")
+    return 0
+
+
 def cmd_config_doc(args) -> int:
     from rlhf_ray.config import config_table
 
@@ -61,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="folder (default: the cache, ~/.cache/rlhf_ray/models)")
     p.add_argument("--force", action="store_true", help="rebuild even if the folder is complete")
     p.set_defaults(fn=cmd_prepare_model)
+    p = sub.add_parser("report", help="plots and a text summary of a run directory")
+    p.add_argument("run_dir")
+    p.set_defaults(fn=cmd_report)
     p = sub.add_parser("config-doc", help="print every config key with its default and meaning")
     p.set_defaults(fn=cmd_config_doc)
     args = parser.parse_args(argv)

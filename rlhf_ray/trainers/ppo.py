@@ -22,6 +22,7 @@ from rlhf_ray.batch import Batch, build_batch, split_batch, split_list
 from rlhf_ray.config import Config
 from rlhf_ray.groups import WorkerGroup
 from rlhf_ray.prompts import PromptSampler, load_task
+from rlhf_ray.report import write_report
 from rlhf_ray.tracking import StageTimer, Tracker
 from rlhf_ray.trainers.session import init_ray, make_run_dir, resolve_model_path, run_id
 
@@ -73,6 +74,7 @@ class PPOTrainer:
     def fit(self) -> dict:
         cfg = self.cfg.trainer
         history = {0: self.evaluate(0)}
+        self.tracker.log(0, history[0], echo=None)
         bar = tqdm(range(1, cfg.total_steps + 1), desc="ppo", disable=not self.cfg.logging.progress_bar)
         for step in bar:
             metrics = self.step(step)
@@ -82,6 +84,7 @@ class PPOTrainer:
             self.tracker.log(step, metrics, echo=bar.write)
             bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl/mean']:.3f}")
         self.tracker.close()
+        write_report(self.run_dir)
         summary = {"eval": {s: {k: v for k, v in m.items() if k.startswith("eval/")} for s, m in history.items()}}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         return summary
