@@ -43,6 +43,40 @@ def cmd_prepare_model(args) -> int:
     return 0
 
 
+def cmd_submit(args) -> int:
+    from rlhf_ray import jobs
+
+    path, overrides = _split_config_args(args.config)
+    env = dict(item.split("=", 1) for item in args.env)
+    job_id = jobs.submit(path, overrides, args.address, args.working_dir, args.requirements, env, args.job_id)
+    address = args.address or jobs.client().get_address()
+    print(f"submitted job {job_id}\ndashboard: {address}/#/jobs/{job_id}\n"
+          f"logs: rlhf-ray jobs logs {job_id}    stop: rlhf-ray jobs stop {job_id}")
+    if args.follow:
+        status = jobs.follow(job_id, args.address)
+        print(f"job {job_id} {status}")
+        return 0 if status == "SUCCEEDED" else 1
+    return 0
+
+
+def cmd_jobs(args) -> int:
+    from rlhf_ray import jobs
+
+    if args.action == "list":
+        for j in jobs.list_jobs(args.address):
+            print(f"{j['job_id']}\t{j['status']}\t{j['entrypoint']}")
+    elif args.action == "logs":
+        if args.follow:
+            print(f"job {args.job_id} {jobs.follow(args.job_id, args.address)}")
+        else:
+            print(jobs.client(args.address).get_job_logs(args.job_id), end="")
+    elif args.action == "status":
+        print(jobs.client(args.address).get_job_status(args.job_id).value)
+    elif args.action == "stop":
+        print("stopped" if jobs.stop(args.job_id, args.address) else "not running")
+    return 0
+
+
 def cmd_report(args) -> int:
     from rlhf_ray.report import write_report
 
@@ -71,12 +105,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="folder (default: the cache, ~/.cache/rlhf_ray/models)")
     p.add_argument("--force", action="store_true", help="rebuild even if the folder is complete")
     p.set_defaults(fn=cmd_prepare_model)
+    p = sub.add_parser("submit", help="submit a training job to a Ray cluster (Ray Jobs API)")
+    p.add_argument("config", nargs="*", help="optional YAML file, then a.b=c overrides")
+    p.add_argument("--address", default=None, help="dashboard address (default $RAY_ADDRESS or http://127.0.0.1:8265)")
+    p.add_argument("--working-dir", default=".", help="folder uploaded as the job's working directory")
+    p.add_argument("--requirements", default=None, help="requirements file installed into the job's environment")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable for the job")
+    p.add_argument("--job-id", default=None, help="submission id (default: generated)")
+    p.add_argument("--follow", action="store_true", help="print the logs until the job ends")
+    p.set_defaults(fn=cmd_submit)
+    p = sub.add_parser("jobs", help="list jobs, or show the logs/status of one, or stop it")
+    p.add_argument("action", choices=["list", "logs", "status", "stop"])
+    p.add_argument("job_id", nargs="?")
+    p.add_argument("--address", default=None)
+    p.add_argument("--follow", action="store_true")
+    p.set_defaults(fn=cmd_jobs)
     p = sub.add_parser("report", help="plots and a text summary of a run directory")
     p.add_argument("run_dir")
     p.set_defaults(fn=cmd_report)
     p = sub.add_parser("config-doc", help="print every config key with its default and meaning")
     p.set_defaults(fn=cmd_config_doc)
     args = parser.parse_args(argv)
+    if getattr(args, "action", "list") != "list" and not getattr(args, "job_id", "x"):
+        parser.error(f"jobs {args.action} needs a job id")
     from rlhf_ray.config import ConfigError
 
     try:
