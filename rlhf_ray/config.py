@@ -164,6 +164,27 @@ class RayConfig(_Strict):
     local_num_gpus: int | None = Field(None, ge=0, description="Logical GPUs of a local Ray (for layout tests).")
     local_dashboard: bool = Field(True, description="Start the Ray dashboard (127.0.0.1:8265) with a local Ray.")
     namespace: str = Field("rlhf_ray", description="Ray namespace of the run's named actors.")
+    cluster_config: str | None = Field(None, description="Cluster file (cluster_configs/) this run is sized for; tests check it fits.")
+
+
+class PlacementConfig(_Strict):
+    colocate: list[list[str]] = Field(default_factory=list, description=(
+        "Groups of roles sharing one placement group, rank i of each in bundle i (e.g. [[learner, reference]]); other roles stand apart."))
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="Ray placement strategy of every placement group.")
+
+    @model_validator(mode="after")
+    def _known_roles(self) -> "PlacementConfig":
+        roles = {"rollout", "learner", "critic", "reference", "reward"}
+        seen: set[str] = set()
+        for group in self.colocate:
+            bad = [r for r in group if r not in roles]
+            if bad:
+                raise ValueError(f"placement.colocate names unknown roles {bad}; roles are {sorted(roles)}")
+            if seen & set(group):
+                raise ValueError(f"placement.colocate lists {sorted(seen & set(group))} in more than one group")
+            seen |= set(group)
+        return self
 
 
 class Config(_Strict):
@@ -180,6 +201,7 @@ class Config(_Strict):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="Loop length, seed, outputs.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Metrics sinks.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Where to run.")
+    placement: PlacementConfig = Field(default_factory=PlacementConfig, description="Which roles share resources.")
 
     @property
     def is_online(self) -> bool:

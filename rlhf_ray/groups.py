@@ -21,9 +21,12 @@ class RemoteCallError(RuntimeError):
 
 
 class WorkerGroup:
-    def __init__(self, role: str, worker_cls: type, cfg: Config, run_id: str = "run"):
+    def __init__(self, role: str, worker_cls: type, cfg: Config, run_id: str = "run", placement_group=None):
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
         res: RoleResources = getattr(cfg, role)
         self.role = role
+        self.placement_group = placement_group
         self.size = res.num_actors
         self.timeout = cfg.trainer.call_timeout_s
         remote_cls = ray.remote(worker_cls)
@@ -32,6 +35,8 @@ class WorkerGroup:
                 name=f"{run_id}/{role}-{rank}", namespace=cfg.ray.namespace,
                 num_cpus=res.num_cpus_per_actor, num_gpus=res.num_gpus_per_actor,
                 runtime_env={"env_vars": _actor_env(res)},
+                scheduling_strategy=None if placement_group is None else PlacementGroupSchedulingStrategy(
+                    placement_group=placement_group, placement_group_bundle_index=rank),
             ).remote(cfg, rank, self.size)
             for rank in range(self.size)
         ]
@@ -65,8 +70,28 @@ class WorkerGroup:
             ray.kill(a, no_restart=True)
 
 
+def start_groups(cfg: Config, classes: dict[str, type], run_id: str) -> dict[str, WorkerGroup]:
+    """Checks the layout against the cluster, reserves placement groups, then starts the actors."""
+    from rlhf_ray.placement import check_feasible, cluster_nodes, create_placement_groups
+
+    roles = list(classes)
+    check_feasible(cfg, cluster_nodes(), roles)
+    pgs = create_placement_groups(cfg, roles)
+    return {role: WorkerGroup(role, cls, cfg, run_id, pgs[role]) for role, cls in classes.items()}
+
+
 def _actor_env(res: RoleResources) -> dict[str, str]:
     env = {"TOKENIZERS_PARALLELISM": "false"}
     if res.torch_threads:
         env["OMP_NUM_THREADS"] = str(res.torch_threads)
     return env
+
+
+def shutdown_groups(groups: dict[str, WorkerGroup]) -> None:
+    """Kills the actors, then frees their placement groups (colocated roles share one)."""
+    from ray.util.placement_group import remove_placement_group
+
+    for g in groups.values():
+        g.kill()
+    for pg in {id(g.placement_group): g.placement_group for g in groups.values() if g.placement_group}.values():
+        remove_placement_group(pg)

@@ -32,11 +32,12 @@ def tiny_reward_model(tiny_dir):
 
 @pytest.fixture(scope="session")
 def local_ray():
-    """One local Ray, loopback only, logical CPUs enough for every role at once."""
+    """One local Ray, loopback only; enough logical CPUs for every role at once, and logical GPUs
+    (no real ones) so placement tests can see where GPU actors land."""
     ray = pytest.importorskip("ray")
     from rlhf_ray.trainers.session import start_local_ray
 
-    start_local_ray(num_cpus=8, namespace="rlhf_ray_tests", log_to_driver=False,
+    start_local_ray(num_cpus=8, num_gpus=4, namespace="rlhf_ray_tests", log_to_driver=False,
                     runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     yield ray
     ray.shutdown()

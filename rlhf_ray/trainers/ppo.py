@@ -20,7 +20,7 @@ from rlhf_ray.algos import ADVANTAGE_ESTIMATORS, AdaptiveKLController, FixedKLCo
 from rlhf_ray.algos.masked import masked_mean, masked_whiten
 from rlhf_ray.batch import Batch, build_batch, split_batch, split_list
 from rlhf_ray.config import Config
-from rlhf_ray.groups import WorkerGroup
+from rlhf_ray.groups import shutdown_groups, start_groups
 from rlhf_ray.prompts import PromptSampler, load_task
 from rlhf_ray.report import write_report
 from rlhf_ray.tracking import StageTimer, Tracker
@@ -57,7 +57,7 @@ class PPOTrainer:
         init_ray(cfg)
         rid = run_id()
         classes = {"rollout": Rollout, "learner": PolicyLearner, "critic": Critic, "reference": Reference, "reward": Reward}
-        self.groups = {role: WorkerGroup(role, cls, cfg, rid) for role, cls in classes.items()}
+        self.groups = start_groups(cfg, classes, rid)
         self.rollout, self.learner, self.critic = self.groups["rollout"], self.groups["learner"], self.groups["critic"]
         self.reference, self.reward = self.groups["reference"], self.groups["reward"]
         for role in ("learner", "critic"):  # data-parallel groups meet at rank 0's address
@@ -186,8 +186,7 @@ class PPOTrainer:
         }
 
     def shutdown(self) -> None:
-        for g in self.groups.values():
-            g.kill()
+        shutdown_groups(self.groups)
 
 
 def _mean_dicts(dicts: list[dict[str, float]]) -> dict[str, float]:

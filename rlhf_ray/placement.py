@@ -1,0 +1,122 @@
+"""Where actors go: placement groups from the config, and a feasibility check before any actor starts.
+
+Roles listed together in ``placement.colocate`` share one placement group: rank i of each of them
+sits in bundle i, so e.g. the learner and the reference of rank i share a GPU. Every other role
+gets a placement group of its own. ``placement.strategy`` (PACK, SPREAD, ...) applies to each group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rlhf_ray.config import Config
+
+
+class InfeasibleLayout(ValueError):
+    pass
+
+
+@dataclass
+class GroupPlan:
+    roles: list[str]
+    bundles: list[dict[str, float]]  # one per rank, the sum of its roles' per-actor resources
+
+
+def active_roles(cfg: Config) -> list[str]:
+    """The roles an algorithm starts actors for."""
+    if cfg.algorithm == "ppo":
+        return ["rollout", "learner", "critic", "reference", "reward"]
+    if cfg.is_online:
+        return ["rollout", "learner", "reference", "reward"]
+    if cfg.algorithm == "reward_model":
+        return ["reward"]
+    if cfg.algorithm in ("sft", "simpo", "orpo"):
+        return ["learner"]
+    return ["learner", "reference"]
+
+
+def plan(cfg: Config, roles: list[str] | None = None) -> list[GroupPlan]:
+    roles = roles or active_roles(cfg)
+    plans, placed = [], set()
+    for group in cfg.placement.colocate:
+        members = [r for r in group if r in roles]
+        if not members:
+            continue
+        sizes = {getattr(cfg, r).num_actors for r in members}
+        if len(sizes) > 1:
+            raise InfeasibleLayout(
+                f"placement.colocate {group}: colocated roles need the same num_actors, got "
+                + ", ".join(f"{r}.num_actors={getattr(cfg, r).num_actors}" for r in members))
+        plans.append(GroupPlan(members, [_sum(cfg, members) for _ in range(sizes.pop())]))
+        placed.update(members)
+    for r in roles:
+        if r not in placed:
+            plans.append(GroupPlan([r], [_sum(cfg, [r]) for _ in range(getattr(cfg, r).num_actors)]))
+    return plans
+
+
+def _sum(cfg: Config, roles: list[str]) -> dict[str, float]:
+    return {"CPU": sum(getattr(cfg, r).num_cpus_per_actor for r in roles),
+            "GPU": sum(getattr(cfg, r).num_gpus_per_actor for r in roles)}
+
+
+def check_feasible(cfg: Config, nodes: list[dict[str, float]], roles: list[str] | None = None) -> None:
+    """Packs every bundle onto the nodes (first fit, largest first); raises with what is asked and
+    what is there when they do not fit. ``nodes`` are resource dicts, e.g. from ``cluster_nodes()``."""
+    plans = plan(cfg, roles)
+    free = [dict(n) for n in nodes]
+    strict_pack = cfg.placement.strategy == "STRICT_PACK"
+    items = [(p, [b]) for p in plans for b in p.bundles] if not strict_pack else [
+        (p, [_total(p.bundles)]) for p in plans]
+    items.sort(key=lambda it: (-it[1][0]["GPU"], -it[1][0]["CPU"]))
+    for p, (bundle,) in items:
+        node = next((n for n in free if all(n.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items())), None)
+        if node is None:
+            raise InfeasibleLayout(_explain(cfg, plans, nodes, p, bundle))
+        for k, v in bundle.items():
+            node[k] = node.get(k, 0.0) - v
+
+
+def _total(bundles: list[dict[str, float]]) -> dict[str, float]:
+    return {k: sum(b[k] for b in bundles) for k in ("CPU", "GPU")}
+
+
+def _explain(cfg, plans, nodes, failed: GroupPlan, bundle) -> str:
+    asked = "; ".join(
+        f"{'+'.join(p.roles)}: {len(p.bundles)} × ({p.bundles[0]['CPU']:g} CPU, {p.bundles[0]['GPU']:g} GPU)"
+        for p in plans)
+    total = _total([b for p in plans for b in p.bundles])
+    there = "; ".join(f"node {i}: {n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU" for i, n in enumerate(nodes)) or "no nodes"
+    return (f"the actor layout does not fit the cluster: a bundle of {'+'.join(failed.roles)} needing "
+            f"{bundle['CPU']:g} CPU and {bundle['GPU']:g} GPU has no node left to go to.\n"
+            f"  asked ({total['CPU']:g} CPU, {total['GPU']:g} GPU in all): {asked}\n"
+            f"  there: {there}\n"
+            f"  lower <role>.num_actors or <role>.num_gpus_per_actor / num_cpus_per_actor, colocate roles "
+            f"(placement.colocate), or add nodes")
+
+
+def cluster_nodes() -> list[dict[str, float]]:
+    """CPU and GPU of each alive node of the connected Ray cluster."""
+    import ray
+
+    return [{"CPU": n["Resources"].get("CPU", 0.0), "GPU": n["Resources"].get("GPU", 0.0)}
+            for n in ray.nodes() if n["Alive"]]
+
+
+def create_placement_groups(cfg: Config, roles: list[str] | None = None, timeout_s: float = 120):
+    """One placement group per plan, ready; returns {role: (pg, plan)}."""
+    import ray
+    from ray.util.placement_group import placement_group
+
+    out = {}
+    for p in plan(cfg, roles):
+        bundles = [{k: v for k, v in b.items() if v > 0} or {"CPU": 0.001} for b in p.bundles]
+        pg = placement_group(bundles, strategy=cfg.placement.strategy, name=f"{'+'.join(p.roles)}")
+        try:
+            ray.get(pg.ready(), timeout=timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise InfeasibleLayout(f"placement group for {'+'.join(p.roles)} ({bundles}) was not placed within "
+                                   f"{timeout_s:g}s: the cluster lacks free resources (see the Ray dashboard)") from None
+        for r in p.roles:
+            out[r] = pg
+    return out

@@ -1,0 +1,98 @@
+"""Placement from config: feasibility before any actor starts, colocated and split layouts."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlhf_ray.config import load_config
+from rlhf_ray.placement import InfeasibleLayout, check_feasible, plan
+
+NODE_8GPU = {"CPU": 64, "GPU": 8}
+
+
+def _cfg(*overrides):
+    return load_config(overrides=["ppo.minibatch_samples_global=16", *overrides])
+
+
+def test_plan_colocates_rank_by_rank():
+    cfg = _cfg("learner.num_actors=2", "reference.num_actors=2", "learner.num_gpus_per_actor=0.5",
+               "reference.num_gpus_per_actor=0.5", "placement.colocate=[[learner, reference]]")
+    groups = {tuple(p.roles): p for p in plan(cfg)}
+    assert groups[("learner", "reference")].bundles == [{"CPU": 1.0, "GPU": 1.0}] * 2
+    assert set(groups) == {("learner", "reference"), ("rollout",), ("critic",), ("reward",)}
+
+
+def test_seven_gpu_layout_fits_one_8gpu_node_and_not_two_4gpu_ones_when_strict():
+    cfg = _cfg("rollout.num_actors=2", "rollout.num_gpus_per_actor=1", "learner.num_actors=2",
+               "learner.num_gpus_per_actor=1", "critic.num_actors=2", "critic.num_gpus_per_actor=1",
+               "reference.num_gpus_per_actor=1", "placement.strategy=STRICT_PACK")
+    check_feasible(cfg, [NODE_8GPU])
+    check_feasible(cfg, [{"CPU": 32, "GPU": 4}] * 2)  # each role's group fits on one node
+    with pytest.raises(InfeasibleLayout) as e:
+        check_feasible(cfg, [{"CPU": 32, "GPU": 1}] * 4)
+    msg = str(e.value)
+    assert "asked (4 CPU, 7 GPU in all)" in msg and "node 0: 32 CPU, 1 GPU" in msg
+    assert "rollout: 2 × (0.5 CPU, 1 GPU)" in msg
+
+
+def test_infeasible_layout_is_explained():
+    cfg = _cfg("learner.num_actors=16", "learner.num_gpus_per_actor=1", "ppo.minibatch_samples_global=64")
+    with pytest.raises(InfeasibleLayout, match=r"learner.*16 × \(0.5 CPU, 1 GPU\)"):
+        check_feasible(cfg, [NODE_8GPU])
+
+
+def test_colocated_roles_need_equal_counts():
+    cfg = _cfg("learner.num_actors=2", "placement.colocate=[[learner, reference]]")
+    with pytest.raises(InfeasibleLayout, match="learner.num_actors=2, reference.num_actors=1"):
+        plan(cfg)
+
+
+def test_unknown_role_in_colocate_is_a_config_error():
+    from rlhf_ray.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown roles \['policy'\]"):
+        _cfg("placement.colocate=[[policy, reference]]")
+
+
+def _landed(local_ray, cfg, classes):
+    from rlhf_ray.groups import shutdown_groups, start_groups
+
+    groups = start_groups(cfg, classes, "placement-test")
+    try:
+        return {role: g.get(g.call("identity")) for role, g in groups.items()}
+    finally:
+        shutdown_groups(groups)
+
+
+def test_colocated_learner_and_reference_share_gpus(local_ray):
+    from rlhf_ray.roles import PolicyLearner, Reference
+
+    cfg = _cfg("learner.num_actors=2", "reference.num_actors=2", "learner.num_gpus_per_actor=0.5",
+               "reference.num_gpus_per_actor=0.5", "placement.colocate=[[learner, reference]]")
+    where = _landed(local_ray, cfg, {"learner": PolicyLearner, "reference": Reference})
+    learner_gpus = [w["gpu_ids"] for w in where["learner"]]
+    assert learner_gpus == [w["gpu_ids"] for w in where["reference"]]
+    assert len({tuple(g) for g in learner_gpus}) == 2 and all(len(g) == 1 for g in learner_gpus)
+    assert [w["rank"] for w in where["learner"]] == [0, 1]
+
+
+def test_split_roles_get_their_own_gpus(local_ray):
+    from rlhf_ray.roles import PolicyLearner, Rollout
+
+    cfg = _cfg("learner.num_actors=2", "rollout.num_actors=2", "learner.num_gpus_per_actor=1",
+               "rollout.num_gpus_per_actor=1", "placement.strategy=SPREAD")
+    where = _landed(local_ray, cfg, {"learner": PolicyLearner, "rollout": Rollout})
+    gpus = [tuple(w["gpu_ids"]) for role in ("learner", "rollout") for w in where[role]]
+    assert len(set(gpus)) == 4 and all(len(g) == 1 for g in gpus)
+    assert {w["node_ip"] for ws in where.values() for w in ws} == {"127.0.0.1"}
+
+
+def test_layout_beyond_the_cluster_fails_before_any_actor(local_ray):
+    from rlhf_ray.groups import start_groups
+    from rlhf_ray.roles import Rollout
+
+    cfg = _cfg("rollout.num_actors=8", "rollout.num_gpus_per_actor=1")
+    before = len(local_ray.util.list_named_actors(all_namespaces=True))
+    with pytest.raises(InfeasibleLayout, match="8 × \\(0.5 CPU, 1 GPU\\)"):
+        start_groups(cfg, {"rollout": Rollout}, "too-big")
+    assert len(local_ray.util.list_named_actors(all_namespaces=True)) == before
