@@ -120,3 +120,58 @@ def create_placement_groups(cfg: Config, roles: list[str] | None = None, timeout
         for r in p.roles:
             out[r] = pg
     return out
+
+
+def nodes_from_cluster_file(path: str) -> list[dict[str, float]]:
+    """The largest set of nodes a cluster file can bring up (Ray cluster launcher or KubeRay), as
+    resource dicts for ``check_feasible``; raises naming the file and the missing field."""
+    from pathlib import Path
+
+    import yaml
+
+    doc = yaml.safe_load(Path(path).read_text())
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: not a YAML mapping")
+    if doc.get("kind") == "RayJob":
+        return _kuberay_nodes(_require(doc, "spec.rayClusterSpec", path), path)
+    if doc.get("kind") == "RayCluster":
+        return _kuberay_nodes(_require(doc, "spec", path), path)
+    types = _require(doc, "available_node_types", path)
+    head = _require(doc, "head_node_type", path)
+    for key in ("cluster_name", "provider", "max_workers"):
+        _require(doc, key, path)
+    if head not in types:
+        raise ValueError(f"{path}: head_node_type {head!r} is not one of available_node_types {sorted(types)}")
+    nodes = []
+    for name, t in types.items():
+        res = _require(t, "resources", f"{path} available_node_types.{name}")
+        count = 1 if name == head else int(t.get("max_workers", 0))
+        nodes += [{"CPU": float(res.get("CPU", 0)), "GPU": float(res.get("GPU", 0))} for _ in range(count)]
+    return nodes
+
+
+def _kuberay_nodes(spec: dict, path: str) -> list[dict[str, float]]:
+    head = _require(spec, "headGroupSpec", path)
+    nodes = [_pod_resources(head, f"{path} headGroupSpec")]
+    for i, group in enumerate(spec.get("workerGroupSpecs", [])):
+        count = int(group.get("maxReplicas", group.get("replicas", 1)))
+        nodes += [_pod_resources(group, f"{path} workerGroupSpecs[{i}]")] * count
+    return nodes
+
+
+def _pod_resources(group: dict, where: str) -> dict[str, float]:
+    params = group.get("rayStartParams", {})
+    container = _require(group, "template.spec.containers", where)[0]
+    limits = container.get("resources", {}).get("limits", {})
+    cpu = params.get("num-cpus", limits.get("cpu", 0))
+    gpu = params.get("num-gpus", limits.get("nvidia.com/gpu", 0))
+    return {"CPU": float(str(cpu).rstrip("m")) / (1000 if str(cpu).endswith("m") else 1), "GPU": float(gpu)}
+
+
+def _require(doc: dict, dotted: str, where: str):
+    node = doc
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            raise ValueError(f"{where}: missing required field {dotted!r}")
+        node = node[key]
+    return node
