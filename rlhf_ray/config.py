@@ -154,6 +154,8 @@ class TrainerConfig(_Strict):
 class LoggingConfig(_Strict):
     wandb_mode: Literal["offline", "online", "disabled"] = Field("offline", description="wandb mode.")
     wandb_project: str = Field("rlhf_ray", description="wandb project.")
+    tensorboard: bool = Field(False, description="Also write TensorBoard events to <run_dir>/tensorboard.")
+    ray_metrics: bool = Field(True, description="Export key metrics through Ray's metrics API (dashboard / Prometheus).")
     console_every: int = Field(1, ge=1, description="Print a metrics line every K steps.")
     progress_bar: bool = Field(True, description="Show a tqdm bar on the controller.")
 

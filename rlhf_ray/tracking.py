@@ -29,16 +29,25 @@ class StageTimer:
 
 
 class Tracker:
-    def __init__(self, cfg: Config, run_dir: Path):
+    """Sends every step's metrics, under the same names, to each sink the config turns on."""
+
+    def __init__(self, cfg: Config, run_dir: Path, run_name: str = "run"):
         self.cfg = cfg
         self.path = run_dir / "metrics.jsonl"
         self.file = self.path.open("a")
-        self.wandb = None
-        if cfg.logging.wandb_mode != "disabled":
+        self.wandb = self.tensorboard = self.ray_metrics = None
+        lc = cfg.logging
+        if lc.wandb_mode != "disabled":
             import wandb
 
-            self.wandb = wandb.init(project=cfg.logging.wandb_project, mode=cfg.logging.wandb_mode,
-                                    dir=str(run_dir), config=cfg.model_dump(mode="json"), reinit="finish_previous")
+            self.wandb = wandb.init(project=lc.wandb_project, mode=lc.wandb_mode, dir=str(run_dir), name=run_name,
+                                    config=cfg.model_dump(mode="json"), reinit="finish_previous")
+        if lc.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+        if lc.ray_metrics:
+            self.ray_metrics = RayMetrics(run_name)
 
     def log(self, step: int, metrics: dict[str, float], echo=print) -> None:
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
@@ -46,6 +55,13 @@ class Tracker:
         self.file.flush()
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
+        if self.tensorboard is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tensorboard.add_scalar(k, v, step)
+            self.tensorboard.flush()
+        if self.ray_metrics is not None:
+            self.ray_metrics.log(metrics)
         if echo and step % self.cfg.logging.console_every == 0:
             echo(console_line(step, metrics))
 
@@ -53,6 +69,29 @@ class Tracker:
         self.file.close()
         if self.wandb is not None:
             self.wandb.finish()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+class RayMetrics:
+    """The run's headline metrics as Ray gauges, so they sit beside the cluster's own in the Ray
+    dashboard's Metrics view and in Prometheus/Grafana (names: rlhf_ray_<metric with _ for />)."""
+
+    EXPORTED = ("reward/mean", "kl/mean", "eval/accuracy", "learner/policy_loss", "critic/value_loss",
+                "throughput/samples_per_s", "throughput/gen_tokens_per_s", "time/step", "time/generate",
+                "time/score", "time/update", "time/sync", "check/logprob_gap_mean")
+
+    def __init__(self, run_name: str):
+        from ray.util.metrics import Gauge
+
+        self.tags = {"run": run_name}
+        self.gauges = {k: Gauge("rlhf_ray_" + k.replace("/", "_"), description=k, tag_keys=("run",))
+                       for k in self.EXPORTED}
+
+    def log(self, metrics: dict[str, float]) -> None:
+        for k, gauge in self.gauges.items():
+            if k in metrics:
+                gauge.set(float(metrics[k]), tags=self.tags)
 
 
 CONSOLE_KEYS = [("reward/mean", "reward"), ("eval/accuracy", "eval_acc"), ("kl/mean", "kl"),

@@ -68,7 +68,7 @@ class PPOTrainer:
         for role, refs in inits.items():
             self.groups[role].get(refs, f"{role} model load")
         self.version = 0
-        self.tracker = Tracker(cfg, self.run_dir)
+        self.tracker = Tracker(cfg, self.run_dir, run_name=rid)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
