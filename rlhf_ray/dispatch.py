@@ -1,0 +1,54 @@
+"""Prompts to rollout engines by least outstanding work, answers back in order.
+
+An even split waits for the slowest engine: responses differ in length, engines differ in speed
+(another job on the node, a smaller GPU). Here prompts go out in chunks; each engine holds at most
+``inflight`` chunks, and the next chunk goes to the engine with the fewest prompts outstanding as soon
+as any chunk comes back. Request seeds are global prompt indices, so what is sampled does not depend
+on which engine served it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ray
+
+
+def generate_balanced(engines: list, prompt_ids: list[list[int]], greedy: bool, seed: int,
+                      chunks_per_engine: int = 4, inflight: int = 2, timeout_s: float | None = None) -> dict:
+    """Runs ``Rollout.generate`` over all prompts; returns the joined outputs in prompt order plus
+    ``served`` (prompts per engine) and ``versions`` (weights version of each engine that served)."""
+    n = len(prompt_ids)
+    size = max(1, math.ceil(n / (len(engines) * chunks_per_engine)))
+    chunks = [(start, prompt_ids[start:start + size]) for start in range(0, n, size)]
+    outstanding = [0] * len(engines)
+    served = [0] * len(engines)
+    pending: dict = {}  # ref -> (engine index, chunk index)
+    results: list = [None] * len(chunks)
+    next_chunk = 0
+
+    def send(e: int) -> None:
+        nonlocal next_chunk
+        start, prompts = chunks[next_chunk]
+        pending[engines[e].generate.remote(prompts, greedy, seed + start)] = (e, next_chunk)
+        outstanding[e] += len(prompts)
+        next_chunk += 1
+
+    for _ in range(inflight):
+        for e in range(len(engines)):
+            if next_chunk < len(chunks):
+                send(e)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=timeout_s)
+        if not ready:
+            raise TimeoutError(f"rollout engines {sorted({e for e, _ in pending.values()})} returned nothing within {timeout_s}s")
+        e, c = pending.pop(ready[0])
+        results[c] = ray.get(ready[0])
+        outstanding[e] -= len(chunks[c][1])
+        served[e] += len(chunks[c][1])
+        if next_chunk < len(chunks):
+            send(min(range(len(engines)), key=lambda i: (outstanding[i], i)))
+    joined = {k: [x for r in results for x in r[k]] for k in ("response_ids", "logprobs", "finish_reasons")}
+    joined["versions"] = sorted({r["version"] for r in results})
+    joined["served"] = served
+    return joined
