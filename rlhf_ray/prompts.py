@@ -30,28 +30,81 @@ def chat_texts(tokenizer, questions: list[str], system_prompt: str | None, instr
     return out
 
 
-def encode_prompts(tokenizer, rows: list[dict], cfg: Config, source: str) -> PromptSet:
+def encode_prompts(tokenizer, rows: list[dict], cfg: Config, source: str, where: list[str] | None = None) -> PromptSet:
+    """``where[i]`` names row i in errors (e.g. "train.jsonl.gz line 17"); default "<source> row i"."""
     if not rows:
         raise ValueError(f"{source}: no prompts")
+    where = where or [f"{source} row {i}" for i in range(len(rows))]
     for i, r in enumerate(rows):
         if not r.get("prompt"):
-            raise ValueError(f"{source} row {i}: missing or empty field 'prompt'")
+            raise ValueError(f"{where[i]}: missing or empty field 'prompt'")
     texts = chat_texts(tokenizer, [r["prompt"] for r in rows], cfg.task.system_prompt, cfg.task.instruction)
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     limit = cfg.model.max_prompt_tokens
     for i, x in enumerate(ids):
         if len(x) > limit:
-            raise ValueError(f"{source} row {i}: prompt is {len(x)} tokens after the chat template, "
+            raise ValueError(f"{where[i]}: prompt is {len(x)} tokens after the chat template, "
                              f"over model.max_prompt_tokens={limit}; raise the limit or shorten the prompt")
     return PromptSet(rows, texts, ids)
 
 
 def load_task(cfg: Config, tokenizer) -> tuple[PromptSet, PromptSet]:
-    from rlhf_ray.tasks.arithmetic import make_arithmetic_split
+    """(train, held-out) prompt sets of ``cfg.task``: generated arithmetic, or rows of GSM8K/JSONL files."""
+    t = cfg.task
+    if t.name == "arithmetic":
+        from rlhf_ray.tasks.arithmetic import make_arithmetic_split
+
+        train, held_out = make_arithmetic_split(t.n_train, t.n_eval, seed=cfg.trainer.seed, max_operand=t.max_operand)
+        return encode_prompts(tokenizer, train, cfg, "task train"), encode_prompts(tokenizer, held_out, cfg, "task eval")
+    (train, train_where), (held_out, eval_where) = load_prompt_files(cfg)
+    return (encode_prompts(tokenizer, train, cfg, t.train_file, train_where),
+            encode_prompts(tokenizer, held_out, cfg, t.eval_file or t.train_file, eval_where))
+
+
+def load_prompt_files(cfg: Config) -> tuple[tuple[list[dict], list[str]], tuple[list[dict], list[str]]]:
+    """((train rows, where), (eval rows, where)) from task.train_file/eval_file; rows are
+    {"prompt", "answer"}. Without an eval file the last n_eval rows of the train file are held out."""
+    from rlhf_ray.data.files import read_table
 
     t = cfg.task
-    train, held_out = make_arithmetic_split(t.n_train, t.n_eval, seed=cfg.trainer.seed, max_operand=t.max_operand)
-    return encode_prompts(tokenizer, train, cfg, "task train"), encode_prompts(tokenizer, held_out, cfg, "task eval")
+    parse = _gsm8k_row if t.name == "gsm8k" else _jsonl_row
+    train = read_table(t.train_file)
+    if t.eval_file:
+        held_out = read_table(t.eval_file)
+        held_out = held_out.subset(list(range(min(t.n_eval, len(held_out)))))
+    else:
+        if len(train) <= t.n_eval:
+            raise ValueError(f"task.train_file {t.train_file} has {len(train)} rows: too few to hold out "
+                             f"task.n_eval={t.n_eval} and train on the rest; set task.eval_file or lower task.n_eval")
+        held_out = train.subset(list(range(len(train) - t.n_eval, len(train))))
+        train = train.subset(list(range(len(train) - t.n_eval)))
+    train = train.subset(list(range(min(t.n_train, len(train)))))
+    return tuple(([parse(r, table.where(i)) for i, r in enumerate(table.rows)],
+                  [table.where(i) for i in range(len(table))]) for table in (train, held_out))
+
+
+def _text_field(row: dict, key: str, where: str, required: bool = True) -> str:
+    value = row.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}: field {key!r} must be a non-empty string, got {value!r:.60}")
+    return value
+
+
+def _gsm8k_row(row: dict, where: str) -> dict:
+    """GSM8K keeps the worked solution in 'answer', the final number after '#### '."""
+    answer = _text_field(row, "answer", where)
+    if "####" not in answer:
+        raise ValueError(f"{where}: field 'answer' has no '#### <final answer>' line")
+    return {"prompt": _text_field(row, "question", where), "answer": answer.rsplit("####", 1)[1].strip()}
+
+
+def _jsonl_row(row: dict, where: str) -> dict:
+    answer = row.get("answer", "")
+    if not isinstance(answer, (str, int, float)) or isinstance(answer, bool):
+        raise ValueError(f"{where}: field 'answer' must be a string or a number, got {type(answer).__name__}")
+    return {"prompt": _text_field(row, "prompt", where), "answer": str(answer)}
 
 
 @dataclass

@@ -21,6 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_entrypoint_and_runtime_env(monkeypatch, tmp_path):
+    from rlhf_ray.jobs import FORWARDED_ENV
+
+    for name in FORWARDED_ENV:
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("WANDB_API_KEY", "secret")
     assert build_entrypoint("c.yaml", ["a.b=1"]) == "python -m rlhf_ray train c.yaml a.b=1 ray.address=auto"
     assert build_entrypoint(None, ["ray.address=ray://h:10001"]).endswith("ray.address=ray://h:10001")

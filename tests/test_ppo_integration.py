@@ -57,6 +57,8 @@ def _metrics(run_dir):
 
 
 def _check_metrics(rows, steps):
+    assert rows[0]["step"] == 0 and "eval/accuracy" in rows[0]  # the evaluation before training
+    rows = rows[1:]
     assert [r["step"] for r in rows] == list(range(1, steps + 1))
     for r in rows:
         for key in ("reward/mean", "kl/mean", "learner/policy_loss", "critic/value_loss", "learner/clipfrac",

@@ -107,3 +107,14 @@ def sequence_scores(model: nn.Module, batch: Batch) -> torch.Tensor:
     rows = torch.arange(hidden.shape[0], device=device)
     last = hidden[rows, last_token_index(batch).to(device)]
     return model.score(last).squeeze(-1).float()
+
+
+def sequence_logprobs(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """[B, 2]: each row's summed response log-prob (temperature 1) and its response token count.
+
+    What offline preference losses consume; the counts travel along for length-normalised losses."""
+    from rlhf_ray.algos.masked import masked_sum
+
+    logp, _ = response_logprobs(model, batch)
+    mask = batch["response_mask"].to(logp.device)
+    return torch.stack([masked_sum(logp, mask, dim=-1), batch["response_lengths"].to(logp)], dim=-1)

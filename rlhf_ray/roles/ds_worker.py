@@ -6,6 +6,7 @@ local rank is always 0; ranks meet over NCCL on GPUs and gloo on CPU, at the add
 
 from __future__ import annotations
 
+import json
 import os
 
 import torch
@@ -66,6 +67,9 @@ class DeepSpeedWorker(Worker):
         self.engine, *_ = deepspeed.initialize(
             model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
             config=self.ds_config())
+        from rlhf_ray.checkpoint import safe_checkpoint_engine
+
+        self.engine.checkpoint_engine = safe_checkpoint_engine(self.engine._config)
 
     @property
     def module(self) -> torch.nn.Module:
@@ -80,18 +84,27 @@ class DeepSpeedWorker(Worker):
         per_actor = self.cfg.optimizer_batch_global // self.world_size
         micro = self.role_cfg.micro_batch_samples_per_actor
         g = torch.Generator().manual_seed(self.cfg.trainer.seed + self.rank + 7919 * self._updates)
+
+        def shuffled():
+            for _ in range(epochs):
+                order = torch.randperm(batch_size(batch), generator=g)
+                for start in range(0, len(order), per_actor):
+                    yield from micro_batches(select(batch, order[start:start + per_actor]), micro)
+
+        return self._run_micro_batches(shuffled(), loss_fn)
+
+    def _run_micro_batches(self, batches, loss_fn) -> dict[str, float]:
+        """backward + step on each micro-batch (DeepSpeed steps the optimiser at its accumulation
+        boundary); returns the loss_fn metrics averaged over micro-batches, grad norm and lr."""
         sums: dict[str, float] = {}
         count = 0
-        for _ in range(epochs):
-            order = torch.randperm(batch_size(batch), generator=g)
-            for start in range(0, len(order), per_actor):
-                for mb in micro_batches(select(batch, order[start:start + per_actor]), micro):
-                    loss, metrics = loss_fn(mb)
-                    self.engine.backward(loss)
-                    self.engine.step()
-                    for k, v in metrics.items():
-                        sums[k] = sums.get(k, 0.0) + float(v)
-                    count += 1
+        for mb in batches:
+            loss, metrics = loss_fn(mb)
+            self.engine.backward(loss)
+            self.engine.step()
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            count += 1
         self._updates += 1
         out = {k: v / max(count, 1) for k, v in sums.items()}
         out["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
@@ -105,3 +118,65 @@ class DeepSpeedWorker(Worker):
         self.engine.eval()
         micro = self.role_cfg.micro_batch_samples_per_actor
         return torch.cat([fn(mb).cpu() for mb in micro_batches(batch, micro)])
+
+    # -- offline methods: one optimiser step per call
+    def _train_step(self, batch: Batch, loss_fn, rows_per_unit: int = 1) -> dict[str, float]:
+        """One optimiser step over this rank's shard: micro-batches of
+        ``micro_batch_samples_per_actor`` units, each unit ``rows_per_unit`` adjacent rows (a pair's
+        chosen and rejected) that stay together. Unlike ``_train_epochs`` nothing is shuffled here:
+        the controller samples the batch, and shuffling rows would separate pairs."""
+        units, rem = divmod(batch_size(batch), rows_per_unit)
+        expected = self.cfg.optimizer_batch_global // self.world_size
+        if rem or units != expected:
+            # DeepSpeed steps the optimiser every `expected / micro` micro-batches; any other count
+            # would silently shift that boundary into the next call.
+            raise ValueError(f"{self.role}-{self.rank}: got {batch_size(batch)} rows, expected {expected} units of "
+                             f"{rows_per_unit} rows (optimiser batch / {self.world_size} ranks)")
+        self.engine.train()
+        micro = self.role_cfg.micro_batch_samples_per_actor * rows_per_unit
+        return self._run_micro_batches(micro_batches(batch, micro), loss_fn)
+
+    def save_hf(self, path: str, tokenizer_from: str) -> str:
+        """Writes the model as an HF folder (safetensors, config, tokenizer from ``tokenizer_from``)
+        that `from_pretrained` and vLLM load. Every rank must call it: under ZeRO-3 the full weights
+        are gathered one parameter at a time (collectively), and rank 0 writes them."""
+        import deepspeed
+
+        from rlhf_ray.models.loading import load_tokenizer
+
+        zero3 = self.role_cfg.zero_stage == 3
+        state = {}
+        for name, p in self.module.named_parameters():
+            with deepspeed.zero.GatheredParameters([p], enabled=zero3):
+                if self.rank == 0:
+                    state[name] = p.detach().to("cpu", copy=True)
+        if self.rank == 0:
+            saved = self.module.state_dict().keys()  # persistent buffers only
+            for name, b in self.module.named_buffers():
+                if name in saved:
+                    state.setdefault(name, b.detach().to("cpu", copy=True))
+            self.module.save_pretrained(path, state_dict=state, safe_serialization=True)
+            load_tokenizer(tokenizer_from).save_pretrained(path)
+        return path
+
+    # -- checkpoints: every rank saves and loads its own partition (ZeRO), collectively
+    def save_state(self, folder: str) -> None:
+        """DeepSpeed state (weights, optimizer, scheduler) plus this rank's update count and RNG."""
+        from rlhf_ray.checkpoint import rng_state
+
+        self.engine.save_checkpoint(folder, tag="state", save_latest=False)
+        with open(os.path.join(folder, f"rank{self.rank}.json"), "w") as f:
+            json.dump({"updates": self._updates, "rng": rng_state()}, f)
+
+    def load_state(self, folder: str) -> int:
+        from rlhf_ray.checkpoint import set_rng_state
+
+        path, _ = self.engine.load_checkpoint(folder, tag="state", load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)
+        if path is None:
+            raise FileNotFoundError(f"{self.role}-{self.rank}: no DeepSpeed state in {folder}")
+        with open(os.path.join(folder, f"rank{self.rank}.json")) as f:
+            state = json.load(f)
+        self._updates = state["updates"]
+        set_rng_state(state["rng"])
+        return self._updates

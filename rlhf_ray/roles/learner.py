@@ -70,6 +70,52 @@ class PolicyLearner(DeepSpeedWorker):
         metrics["compute_s"] = time.perf_counter() - start
         return {f"learner/{k}": v for k, v in metrics.items()}
 
+    # -- offline methods (DPO and kin, KTO): one optimiser step per call on this rank's shard
+    def compute_sequence_logprobs(self, batch: Batch) -> torch.Tensor:
+        """[B, 2]: each row's summed response log-prob and response token count (no gradient)."""
+        from rlhf_ray.models.forward import sequence_logprobs
+
+        return self._forward_eval(batch, lambda mb: sequence_logprobs(self.engine, mb))
+
+    def train_preference(self, batch: Batch) -> dict[str, float]:
+        """One step of the preference loss ``cfg.algorithm`` (dpo/ipo/cdpo/simpo/orpo) on adjacent
+        (chosen, rejected) rows; needs ``ref_logps`` [rows] unless the loss is reference-free."""
+        from rlhf_ray.algos.offline import preference_objective
+        from rlhf_ray.models.forward import sequence_logprobs
+
+        def loss_fn(mb: Batch):
+            out = sequence_logprobs(self.engine, mb)
+            return preference_objective(self.cfg.algorithm, self.cfg.offline, out[:, 0], mb["response_lengths"],
+                                        mb.get("ref_logps"))
+
+        return self._offline_step(batch, loss_fn, rows_per_unit=2)
+
+    def train_kto(self, batch: Batch) -> dict[str, float]:
+        """One KTO step on adjacent (completion, mismatched completion) rows with ``labels`` and
+        ``ref_logps``. The mismatched rows only estimate the reference point z0 (no gradient, as in
+        the paper), over the whole global batch."""
+        from rlhf_ray.algos.offline import kto_objective, kto_reference_point_distributed
+        from rlhf_ray.batch import select
+        from rlhf_ray.models.forward import sequence_logprobs
+
+        n = batch["input_ids"].shape[0]
+        mismatched = select(batch, torch.arange(1, n, 2))
+        policy_mm = self._forward_eval(mismatched, lambda mb: sequence_logprobs(self.engine, mb))[:, 0]
+        z0 = kto_reference_point_distributed(policy_mm, mismatched["ref_logps"])
+        matched = select(batch, torch.arange(0, n, 2))
+
+        def loss_fn(mb: Batch):
+            logps = sequence_logprobs(self.engine, mb)[:, 0]
+            return kto_objective(self.cfg.offline, logps, mb["ref_logps"], mb["labels"], z0)
+
+        return self._offline_step(matched, loss_fn, rows_per_unit=1)
+
+    def _offline_step(self, batch: Batch, loss_fn, rows_per_unit: int) -> dict[str, float]:
+        start = time.perf_counter()
+        metrics = self._train_step(batch, loss_fn, rows_per_unit)
+        metrics["compute_s"] = time.perf_counter() - start
+        return {f"learner/{k}": v for k, v in metrics.items()}
+
     # -- weight sync
     def push_weights(self, engines: list, version: int, bucket_mb: float) -> dict[str, float]:
         """Gathers full weights (ZeRO-3 needs every rank to join) and, on rank 0, sends them to all

@@ -24,3 +24,11 @@ class Reference(Worker):
         t = self.cfg.rollout.temperature
         micro = self.cfg.reference.micro_batch_samples_per_actor
         return torch.cat([response_logprobs(self.model, mb, t)[0].cpu() for mb in micro_batches(batch, micro)])
+
+    @torch.no_grad()
+    def compute_sequence_logprobs(self, batch: Batch) -> torch.Tensor:
+        """[B, 2]: each row's summed response log-prob (temperature 1) and response token count."""
+        from rlhf_ray.models.forward import sequence_logprobs
+
+        micro = self.cfg.reference.micro_batch_samples_per_actor
+        return torch.cat([sequence_logprobs(self.model, mb).cpu() for mb in micro_batches(batch, micro)])

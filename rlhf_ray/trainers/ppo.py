@@ -11,7 +11,6 @@ Per-algorithm advantage rules: rlhf_ray.trainers.estimate; the maths: docs/metho
 
 from __future__ import annotations
 
-import json
 import time
 
 from tqdm import tqdm
@@ -20,10 +19,10 @@ from rlhf_ray.algos import AdaptiveKLController, FixedKLController, kl_penalized
 from rlhf_ray.algos.masked import masked_mean, masked_var
 from rlhf_ray.batch import Batch, build_batch
 from rlhf_ray.config import Config
-from rlhf_ray.report import write_report
 from rlhf_ray.tracking import StageTimer, Tracker
 from rlhf_ray.trainers.estimate import estimate_advantages, group_metrics
 from rlhf_ray.trainers.online import OnlineController, mean_dicts
+from rlhf_ray.trainers.session import fit_and_shut_down
 
 
 class PPOTrainer(OnlineController):
@@ -38,21 +37,39 @@ class PPOTrainer(OnlineController):
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
         cfg = self.cfg.trainer
-        history = {0: self.evaluate(0)}
-        self.tracker.log(0, history[0], echo=None)
-        bar = tqdm(range(1, cfg.total_steps + 1), desc=self.cfg.algorithm, disable=not self.cfg.logging.progress_bar)
+        start = self.resume()
+        history = {}
+        if start == 0:
+            history[0] = self.evaluate(0)
+            self.tracker.log(0, history[0], echo=None)
+        bar = tqdm(range(start + 1, cfg.total_steps + 1), desc=self.cfg.algorithm,
+                   disable=not self.cfg.logging.progress_bar)
         for step in bar:
             metrics = self.step(step)
+            check_finite(metrics, step, self.last_checkpoint)
             if step == cfg.total_steps or (cfg.eval_every and step % cfg.eval_every == 0):
                 history[step] = self.evaluate(step)
                 metrics.update(history[step])
             self.tracker.log(step, metrics, echo=bar.write)
             bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl/mean']:.3f}")
+            if step == cfg.total_steps or (cfg.save_every and step % cfg.save_every == 0):
+                self.last_checkpoint = self.save_checkpoint(step, {"kl_ctl": self.kl_ctl.state_dict()})
         self.tracker.close()
-        write_report(self.run_dir)
-        summary = {"eval": {s: {k: v for k, v in m.items() if k.startswith("eval/")} for s, m in history.items()}}
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-        return summary
+        return self.write_summary(history)
+
+    last_checkpoint: str | None = None
+
+    def resume(self) -> int:
+        """The step to continue after: 0 for a fresh run, else the checkpoint's step."""
+        from rlhf_ray.checkpoint import resolve_resume
+
+        path = resolve_resume(self.cfg.trainer.resume, self.run_dir)
+        if path is None:
+            return 0
+        state = self.restore_checkpoint(path)
+        self.kl_ctl.load_state_dict(state["kl_ctl"])
+        self.last_checkpoint = str(path)
+        return state["step"]
 
     def step(self, step: int) -> dict[str, float]:
         ppo, timer = self.cfg.ppo, StageTimer()
@@ -114,8 +131,16 @@ class PPOTrainer(OnlineController):
 
 
 def run(cfg: Config) -> dict:
-    trainer = PPOTrainer(cfg)
-    try:
-        return trainer.fit()
-    finally:
-        trainer.shutdown()
+    return fit_and_shut_down(PPOTrainer(cfg))
+
+
+def check_finite(metrics: dict[str, float], step: int, last_checkpoint: str | None) -> None:
+    """A NaN or Inf loss, reward or KL stops the run before it is logged or saved over a good checkpoint."""
+    import math
+
+    bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)
+           and k.split("/")[0] in ("reward", "kl", "learner", "critic", "advantages", "returns")}
+    if bad:
+        keep = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
+        raise FloatingPointError(f"step {step}: non-finite {bad}; stopping ({keep}; resume with trainer.resume=auto "
+                                 f"after lowering learner.lr or checking the reward)")

@@ -1,0 +1,199 @@
+"""What every online loop shares: the role actors and the stages that move samples between them.
+
+PPO, the critic-free family (GRPO, RLOO, REINFORCE++), RAFT and the best-of-n command all sample
+prompts, generate with the rollout engines, score with the reward role, evaluate greedily on the
+held-out prompts and (when they train) push the learner's weights to the engines. OnlineController
+owns exactly that; each loop adds its own update on top and starts only the roles it needs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from rlhf_ray.batch import Batch, build_batch, split_batch, split_list
+from rlhf_ray.config import Config
+from rlhf_ray.dispatch import generate_balanced
+from rlhf_ray.groups import WorkerGroup, shutdown_groups, start_groups
+from rlhf_ray.prompts import PromptSampler, load_task
+from rlhf_ray.trainers.session import init_ray, make_run_dir, resolve_model_path, run_id
+
+TRAINABLE = ("learner", "critic")  # DeepSpeed groups: their ranks meet before loading a model
+
+
+def repeat_prompts(indices: list[int], n: int) -> list[int]:
+    """Each prompt index n times in a row. The n samples of a prompt must be consecutive rows:
+    GRPO/RLOO and best-of-n selection read them as groups of n, and generation, scoring and the
+    learner's log-probs all keep row order."""
+    return [i for i in indices for _ in range(n)]
+
+
+def mean_dicts(dicts: list[dict[str, float]]) -> dict[str, float]:
+    """Per-rank metrics of a group → one value each (mean over ranks)."""
+    keys = dicts[0].keys() if dicts else ()
+    return {k: sum(d[k] for d in dicts) / len(dicts) for k in keys}
+
+
+class OnlineController:
+    """Starts ``roles`` as Ray actor groups (``self.rollout``, ``self.learner``, ... ; None when not
+    started) and provides generate / score / evaluate / weight-sync stages over them."""
+
+    def __init__(self, cfg: Config, roles: tuple[str, ...]):
+        from rlhf_ray.models.loading import load_tokenizer
+
+        self.cfg, self.roles = cfg, roles
+        # Everything that can be wrong with the input fails here, before any actor starts.
+        self.policy_path = resolve_model_path(cfg.model.path)
+        paths = {role: self._model_path(role) for role in roles}
+        self.tokenizer = load_tokenizer(self.policy_path)
+        self.train_set, self.eval_set = load_task(cfg, self.tokenizer)
+        self.sampler = PromptSampler(len(self.train_set.ids), cfg.trainer.seed)
+        self.run_dir = make_run_dir(cfg)
+        self.version = 0
+
+        init_ray(cfg, roles)
+        self.run_id = run_id()
+        from rlhf_ray import roles as role_classes
+
+        classes = {"rollout": role_classes.Rollout, "learner": role_classes.PolicyLearner,
+                   "critic": role_classes.Critic, "reference": role_classes.Reference, "reward": role_classes.Reward}
+        self.groups: dict[str, WorkerGroup] = start_groups(cfg, {r: classes[r] for r in roles}, self.run_id)
+        try:
+            self._load_models(paths)
+        except BaseException:
+            shutdown_groups(self.groups)  # no half-started run keeps its actors and placement groups
+            raise
+        for role in ("rollout", "learner", "critic", "reference", "reward"):
+            setattr(self, role, self.groups.get(role))
+
+    def _model_path(self, role: str) -> str | None:
+        cfg = self.cfg
+        if role in ("rollout", "learner"):
+            return self.policy_path
+        if role in ("critic", "reference"):
+            return resolve_model_path(getattr(cfg, role).model_path or cfg.model.path)
+        if cfg.reward.kind == "model":
+            if not cfg.reward.model_path:
+                raise ValueError("reward.kind=model needs reward.model_path")
+            return resolve_model_path(cfg.reward.model_path)
+        from rlhf_ray.roles.reward import import_reward_function
+
+        import_reward_function(cfg.reward.function)
+        return None
+
+    def _load_models(self, paths: dict[str, str | None]) -> None:
+        for role in TRAINABLE:  # data-parallel groups meet at rank 0's address
+            if role in self.groups:
+                g = self.groups[role]
+                addr, port = g.get([g.actors[0].master_address.remote()])[0]
+                g.get(g.call("setup_distributed", addr, port), f"{role} distributed setup")
+        inits = {role: g.call("init_model", paths[role]) for role, g in self.groups.items()}
+        for role, refs in inits.items():
+            self.groups[role].get(refs, f"{role} model load")
+
+    # ------------------------------------------------------------------ stages
+    def sample_rows(self, prompts: int, samples_per_prompt: int) -> list[int]:
+        """Training-set row of every sample of the next ``prompts`` prompts, grouped per prompt."""
+        return repeat_prompts(self.sampler.next(prompts), samples_per_prompt)
+
+    def generate(self, prompt_ids: list[list[int]], greedy: bool, seed: int) -> dict:
+        """Prompts go to the rollout engine with the least outstanding work; answers come back in order."""
+        out = generate_balanced(self.rollout.actors, prompt_ids, greedy, seed, timeout_s=self.cfg.trainer.call_timeout_s)
+        out["texts"] = self.tokenizer.batch_decode(out["response_ids"], skip_special_tokens=True)
+        return out
+
+    def score(self, batch: Batch, rows: list[dict], texts: list[str]):
+        """Reward refs, one per reward actor, for the samples split evenly across them (in order)."""
+        n = self.reward.size
+        prompts, answers = [r["prompt"] for r in rows], [r["answer"] for r in rows]
+        shards = zip(self.reward.actors, split_batch(batch, n), split_list(prompts, n), split_list(texts, n),
+                     split_list(answers, n))
+        return [a.score.remote(b, p, t, ans) for a, b, p, t, ans in shards]
+
+    def generate_and_score(self, prompt_set, rows: list[int], seed: int):
+        """Samples one response per entry of ``rows`` and scores it: (gen, batch, scores)."""
+        ids = [prompt_set.ids[i] for i in rows]
+        gen = self.generate(ids, greedy=False, seed=seed)
+        batch = build_batch(ids, gen["response_ids"], self.tokenizer.pad_token_id, gen["logprobs"])
+        scores = self.reward.gather_cat(self.score(batch, [prompt_set.rows[i] for i in rows], gen["texts"]),
+                                        "reward scores")
+        return gen, batch, scores
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Greedy accuracy on the held-out prompts; the answers are written beside the metrics."""
+        start = time.perf_counter()
+        es = self.eval_set
+        gen = self.generate(es.ids, greedy=True, seed=0)
+        batch = build_batch(es.ids, gen["response_ids"], self.tokenizer.pad_token_id)
+        scores = self.reward.gather_cat(self.score(batch, es.rows, gen["texts"]), "eval scores")
+        with (self.run_dir / f"eval_step{step:05d}.jsonl").open("w") as f:
+            for row, text, s in zip(es.rows, gen["texts"], scores.tolist()):
+                f.write(json.dumps({"prompt": row["prompt"], "answer": row["answer"], "response": text, "score": s}) + "\n")
+        acc = float(scores.mean())
+        print(f"[eval] step {step}: held-out accuracy {acc:.3f} on {len(es.ids)} prompts "
+              f"({time.perf_counter() - start:.1f}s)", flush=True)
+        return {"eval/accuracy": acc, "time/eval": time.perf_counter() - start}
+
+    def sync_weights(self, version: int) -> dict[str, float]:
+        """Learner → every rollout engine; fails unless every engine then serves ``version``."""
+        self.version = version
+        sync = self.learner.get(self.learner.call("push_weights", self.rollout.actors, version,
+                                                  self.cfg.trainer.weight_sync_bucket_mb), "weight sync")[0]
+        versions = self.rollout.get(self.rollout.call("get_version"), "rollout version")
+        if any(v != version for v in versions):
+            raise RuntimeError(f"weight sync failed: rollout versions {versions}, learner at {version}")
+        return sync
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, step: int, extra_state: dict) -> str:
+        """Every trainable group saves its ranks' states into a temporary folder, the controller adds
+        its own state, and the folder is renamed only when whole (see rlhf_ray.checkpoint)."""
+        from rlhf_ray.checkpoint import CheckpointManager, rng_state
+        from rlhf_ray.config import save_config
+
+        manager = CheckpointManager(self.run_dir, self.cfg.trainer.keep_last)
+        tmp = manager.begin(step)
+        refs = {role: g.call("save_state", str(tmp / role)) for role, g in self.groups.items() if role in TRAINABLE}
+        if self.cfg.trainer.save_hf:
+            refs["policy_hf"] = self.learner.call("save_hf", str(tmp / "policy_hf"), self.policy_path)
+        for role, r in refs.items():
+            self.groups.get(role, self.learner).get(r, f"checkpoint ({role})")
+        save_config(self.cfg, tmp / "config.yaml")
+        state = {"step": step, "version": self.version, "sampler": self.sampler.state_dict(), "rng": rng_state(),
+                 **extra_state}
+        return str(manager.commit(tmp, state))
+
+    def restore_checkpoint(self, path) -> dict:
+        """Loads the trainable groups and controller state, then gives every rollout engine the
+        restored weights before anything is generated."""
+        from rlhf_ray.checkpoint import read_controller_state, set_rng_state
+
+        state = read_controller_state(path)
+        for role, g in self.groups.items():
+            if role in TRAINABLE:
+                g.get(g.call("load_state", str(path / role)), f"restore ({role})")
+        self.sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        self.sync_weights(state["version"])
+        _truncate_metrics(self.run_dir / "metrics.jsonl", state["step"])
+        print(f"[resume] from {path} at step {state['step']}", flush=True)
+        return state
+
+    def write_summary(self, history: dict[int, dict[str, float]]) -> dict:
+        """End of a training run: report plots, and summary.json with the held-out metrics per step."""
+        from rlhf_ray.report import write_report
+
+        write_report(self.run_dir)
+        summary = {"eval": {s: {k: v for k, v in m.items() if k.startswith("eval/")} for s, m in history.items()}}
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        return summary
+
+    def shutdown(self) -> None:
+        shutdown_groups(self.groups)
+
+
+def _truncate_metrics(path, step: int) -> None:
+    """Drops rows logged after ``step`` by the run that crashed: the resumed run logs them again."""
+    if path.is_file():
+        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(r + "\n" for r in rows))

@@ -1,0 +1,158 @@
+"""The bad-input catalogue: each bad input, the error it gets, and that it comes before any actor.
+
+Every entry asserts the message names the field, file or row and what is wrong. Entries that go
+through a controller also assert that no Ray actor was started for them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from conftest import tiny_overrides
+from rlhf_ray.config import ConfigError, load_config
+
+
+def bad_reward_count(prompts, responses, answers):  # used by import path below
+    return [1.0]
+
+
+def bad_reward_nan(prompts, responses, answers):
+    return [float("nan")] * len(responses)
+
+
+# ------------------------------------------------------------------ config (no controller needed)
+CONFIG_CASES = [
+    ("unknown key", ["learner.zero_stag=3"], "learner.zero_stag: unknown key (did you mean 'learner.zero_stage'?)"),
+    ("misspelt section", ["rolout.num_actors=2"], "rolout: unknown key (did you mean 'rollout'?)"),
+    ("wrong type", ["rollout.num_actors=two"], "rollout.num_actors: Input should be a valid integer"),
+    ("out of range", ["rollout.top_p=1.5"], "rollout.top_p: Input should be less than or equal to 1"),
+    ("negative lr", ["learner.lr=-1"], "learner.lr: Input should be greater than 0"),
+    ("batch not divisible by data-parallel size", ["learner.num_actors=3"],
+     "ppo.minibatch_samples_global=32 must split evenly over learner.num_actors=3"),
+    ("minibatch not dividing the step", ["ppo.minibatch_samples_global=48"],
+     "ppo.minibatch_samples_global=48 must divide the samples per step"),
+    ("group method with one sample", ["algorithm=grpo", "ppo.samples_per_prompt=1", "ppo.minibatch_samples_global=16"],
+     "ppo.samples_per_prompt must be ≥ 2"),
+    ("offline method without data", ["algorithm=dpo"], "set offline.train_file"),
+    ("file task without file", ["task.name=gsm8k"], "set task.train_file"),
+    ("unknown role in colocate", ["placement.colocate=[[actor, reference]]"], "unknown roles ['actor']"),
+    ("unknown algorithm", ["algorithm=ppo2"], "algorithm: Input should be"),
+]
+
+
+@pytest.mark.parametrize("name, overrides, message", CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
+def test_config_errors(name, overrides, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=overrides)
+    assert message in str(e.value)
+
+
+def test_config_file_missing_or_broken(tmp_path):
+    with pytest.raises(ConfigError, match="config file .*nope.yaml does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "b.yaml").write_text("learner: {lr: [\n")
+    with pytest.raises(ConfigError, match="b.yaml is not valid YAML"):
+        load_config(tmp_path / "b.yaml")
+
+
+# ------------------------------------------------------------------ through the PPO controller
+def _assert_fails_before_actors(cfg, exc, message):
+    import ray
+
+    from rlhf_ray.trainers.ppo import PPOTrainer
+
+    before = len(ray.util.list_named_actors(all_namespaces=True)) if ray.is_initialized() else 0
+    with pytest.raises(exc) as e:
+        PPOTrainer(cfg)
+    assert message in str(e.value), str(e.value)
+    after = len(ray.util.list_named_actors(all_namespaces=True)) if ray.is_initialized() else 0
+    assert after == before
+
+
+def test_missing_model_folder(tiny_policy, tmp_path):
+    cfg = load_config(overrides=tiny_overrides(str(tmp_path / "no_model"), tmp_path / "run"))
+    _assert_fails_before_actors(cfg, FileNotFoundError, f"folder not found: '{tmp_path / 'no_model'}'")
+
+
+def test_model_folder_without_config(tmp_path):
+    (tmp_path / "m").mkdir()
+    cfg = load_config(overrides=tiny_overrides(str(tmp_path / "m"), tmp_path / "run"))
+    _assert_fails_before_actors(cfg, FileNotFoundError, "No config.json in model folder")
+
+
+def test_model_folder_without_tokenizer(tiny_policy, tmp_path):
+    import shutil
+
+    m = tmp_path / "m"
+    shutil.copytree(tiny_policy, m)
+    for f in m.glob("tokenizer*"):
+        f.unlink()
+    cfg = load_config(overrides=tiny_overrides(str(m), tmp_path / "run"))
+    _assert_fails_before_actors(cfg, FileNotFoundError, "No tokenizer files")
+
+
+@pytest.mark.parametrize("function, message", [
+    ("no_such_module:f", "cannot import module 'no_such_module'"),
+    ("rlhf_ray.tasks.rewards:nope", "has no function 'nope'"),
+    ("rlhf_ray.tasks.rewards", "must look like 'package.module:function'"),
+])
+def test_reward_function_cannot_be_imported(tiny_policy, tmp_path, function, message):
+    cfg = load_config(overrides=tiny_overrides(tiny_policy, tmp_path / "run", f"reward.function={function}"))
+    _assert_fails_before_actors(cfg, ValueError, message)
+
+
+def test_reward_model_without_path(tiny_policy, tmp_path):
+    cfg = load_config(overrides=tiny_overrides(tiny_policy, tmp_path / "run", "reward.kind=model"))
+    _assert_fails_before_actors(cfg, ValueError, "reward.kind=model needs reward.model_path")
+
+
+def test_prompt_longer_than_limit(tiny_policy, tmp_path):
+    cfg = load_config(overrides=tiny_overrides(tiny_policy, tmp_path / "run", "model.max_prompt_tokens=5"))
+    _assert_fails_before_actors(cfg, ValueError, "row 0: prompt is")
+
+
+def test_prompt_file_problems(tiny_policy, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    cfg = load_config(overrides=tiny_overrides(tiny_policy, tmp_path / "run", "task.name=jsonl",
+                                               f"task.train_file={empty}"))
+    _assert_fails_before_actors(cfg, ValueError, "empty.jsonl")
+    broken = tmp_path / "broken.jsonl.gz"
+    with gzip.open(broken, "wt") as f:
+        f.write(json.dumps({"prompt": "1+1?"}) + "\n{not json\n")
+    cfg = load_config(overrides=tiny_overrides(tiny_policy, tmp_path / "run", "task.name=jsonl",
+                                               f"task.train_file={broken}"))
+    _assert_fails_before_actors(cfg, ValueError, "line 2")
+    nofield = tmp_path / "nofield.jsonl"
+    nofield.write_text(json.dumps({"question": "1+1?"}) + "\n")
+    cfg = load_config(overrides=tiny_overrides(tiny_policy, tmp_path / "run", "task.name=jsonl",
+                                               f"task.train_file={nofield}"))
+    _assert_fails_before_actors(cfg, ValueError, "prompt")
+
+
+def test_layout_the_cluster_cannot_hold(local_ray, tiny_policy, tmp_path):
+    from rlhf_ray.placement import InfeasibleLayout
+
+    cfg = load_config(overrides=tiny_overrides(tiny_policy, tmp_path / "run", "rollout.num_gpus_per_actor=64"))
+    _assert_fails_before_actors(cfg, InfeasibleLayout, "does not fit the cluster")
+
+
+# ------------------------------------------------------------------ reward answers and checkpoints
+def test_reward_answers_are_checked():
+    from rlhf_ray.roles.reward import check_scores
+
+    with pytest.raises(ValueError, match="returned 1 scores for 3 samples"):
+        check_scores(bad_reward_count([], ["a", "b", "c"], []), 3, "reward.function x")
+    with pytest.raises(ValueError, match=r"non-finite scores at samples \[0, 1\]"):
+        check_scores(bad_reward_nan([], ["a", "b"], []), 2, "reward.function x")
+
+
+def test_resume_from_something_that_is_not_a_checkpoint(tmp_path):
+    from rlhf_ray.checkpoint import resolve_resume
+
+    with pytest.raises(FileNotFoundError, match="trainer.resume=.*not a complete checkpoint"):
+        resolve_resume(str(tmp_path), tmp_path)
+    assert resolve_resume("auto", tmp_path) is None and resolve_resume("none", tmp_path) is None
