@@ -178,6 +178,7 @@ class TrainerConfig(_Strict):
     run_dir: str = Field("runs/ppo", description="Where metrics.jsonl, the resolved config and outputs go.")
     weight_sync_bucket_mb: float = Field(256.0, gt=0, description="Weight-sync bucket size, MiB (one remote call per bucket per engine).")
     call_timeout_s: float = Field(1800.0, gt=0, description="A remote call slower than this fails with the actor's name.")
+    max_actor_restarts: int = Field(3, ge=0, description="Rollout/reward/reference actors restarted (and the stage retried) before a run gives up.")
     save_every: int = Field(0, ge=0, description="Checkpoint every K steps (0 = only at the end); see docs/reliability.md.")
     keep_last: int = Field(2, ge=1, description="Complete checkpoints kept; older ones are deleted.")
     save_hf: bool = Field(True, description="Put an HF export of the policy (safetensors) in every checkpoint.")

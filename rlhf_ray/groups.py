@@ -22,24 +22,42 @@ class RemoteCallError(RuntimeError):
 
 class WorkerGroup:
     def __init__(self, role: str, worker_cls: type, cfg: Config, run_id: str = "run", placement_group=None):
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
         res: RoleResources = getattr(cfg, role)
         self.role = role
         self.placement_group = placement_group
         self.size = res.num_actors
         self.timeout = cfg.trainer.call_timeout_s
-        remote_cls = ray.remote(worker_cls)
-        self.actors = [
-            remote_cls.options(
-                name=f"{run_id}/{role}-{rank}", namespace=cfg.ray.namespace,
-                num_cpus=res.num_cpus_per_actor, num_gpus=res.num_gpus_per_actor,
-                runtime_env={"env_vars": _actor_env(res)},
-                scheduling_strategy=None if placement_group is None else PlacementGroupSchedulingStrategy(
-                    placement_group=placement_group, placement_group_bundle_index=rank),
-            ).remote(cfg, rank, self.size)
-            for rank in range(self.size)
-        ]
+        self._spawn_args = (ray.remote(worker_cls), cfg, run_id, res)
+        self.actors = [self._spawn(rank) for rank in range(self.size)]
+
+    def _spawn(self, rank: int):
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        remote_cls, cfg, run_id, res = self._spawn_args
+        pg = self.placement_group
+        return remote_cls.options(
+            name=f"{run_id}/{self.role}-{rank}", namespace=cfg.ray.namespace,
+            num_cpus=res.num_cpus_per_actor, num_gpus=res.num_gpus_per_actor,
+            runtime_env={"env_vars": _actor_env(res)},
+            scheduling_strategy=None if pg is None else PlacementGroupSchedulingStrategy(
+                placement_group=pg, placement_group_bundle_index=rank),
+        ).remote(cfg, rank, self.size)
+
+    def dead_ranks(self, timeout_s: float = 30.0) -> list[int]:
+        """Ranks whose actor process is gone (killed, or its node lost)."""
+        dead = []
+        for rank, actor in enumerate(self.actors):
+            try:
+                ray.get(actor.identity.remote(), timeout=timeout_s)
+            except ray.exceptions.RayActorError:
+                dead.append(rank)
+        return dead
+
+    def respawn(self, ranks: list[int]) -> None:
+        """New actors in the dead ranks' places (same name, resources and placement bundle)."""
+        for rank in ranks:
+            ray.kill(self.actors[rank], no_restart=True)
+            self.actors[rank] = self._spawn(rank)
 
     def call(self, method: str, *args, **kwargs) -> list[ray.ObjectRef]:
         """The same call on every rank."""

@@ -44,7 +44,7 @@ class OnlineController:
         self.cfg, self.roles = cfg, roles
         # Everything that can be wrong with the input fails here, before any actor starts.
         self.policy_path = resolve_model_path(cfg.model.path)
-        paths = {role: self._model_path(role) for role in roles}
+        self.model_paths = paths = {role: self._model_path(role) for role in roles}
         self.tokenizer = load_tokenizer(self.policy_path)
         self.train_set, self.eval_set = load_task(cfg, self.tokenizer)
         self.sampler = PromptSampler(len(self.train_set.ids), cfg.trainer.seed)
@@ -143,6 +143,50 @@ class OnlineController:
         if any(v != version for v in versions):
             raise RuntimeError(f"weight sync failed: rollout versions {versions}, learner at {version}")
         return sync
+
+    # ------------------------------------------------------------------ actor failures
+    restarts = 0
+
+    def recovering(self, stage: str, fn):
+        """Runs ``fn``; when a rollout, reward or reference actor dies in it, those actors are started
+        again (model reloaded, engines given the current weights) and the stage is run again."""
+        import ray
+
+        while True:
+            try:
+                return fn()
+            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
+                self._fail_if_trainable_died()
+                if self.restarts >= self.cfg.trainer.max_actor_restarts:
+                    raise RuntimeError(f"{stage}: actor failure after {self.restarts} restarts "
+                                       f"(trainer.max_actor_restarts): {e}") from e
+                restarted = self.restart_dead_actors()
+                if not restarted:
+                    raise
+                self.restarts += 1
+                print(f"[recover] {stage}: restarted {', '.join(restarted)}; running the stage again", flush=True)
+
+    def _fail_if_trainable_died(self) -> None:
+        for role in TRAINABLE:
+            dead = self.groups[role].dead_ranks() if role in self.groups else []
+            if dead:
+                raise RuntimeError(f"{role} ranks {dead} died: their optimizer state is gone; continue from the last "
+                                   f"checkpoint with trainer.resume=auto")
+
+    def restart_dead_actors(self) -> list[str]:
+        restarted = []
+        for role in ("rollout", "reward", "reference"):
+            g = self.groups.get(role)
+            dead = g.dead_ranks() if g else []
+            if not dead:
+                continue
+            g.respawn(dead)
+            g.get([g.actors[r].init_model.remote(self.model_paths[role]) for r in dead], f"{role} restart")
+            if role == "rollout" and self.version > 0:  # a new engine starts from the initial weights
+                self.learner.get(self.learner.call("push_weights", [g.actors[r] for r in dead], self.version,
+                                                   self.cfg.trainer.weight_sync_bucket_mb), "weight sync to restarted engines")
+            restarted += [f"{role}-{r}" for r in dead]
+        return restarted
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, step: int, extra_state: dict) -> str:

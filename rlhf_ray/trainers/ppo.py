@@ -76,19 +76,11 @@ class PPOTrainer(OnlineController):
         start = time.perf_counter()
         with timer("generate"):  # the n samples of a prompt are consecutive rows from here on
             rows = self.sample_rows(ppo.prompts_per_step_global, ppo.samples_per_prompt)
-            gen = self.generate([self.train_set.ids[i] for i in rows], greedy=False, seed=step * 1_000_003)
-            batch = build_batch([self.train_set.ids[i] for i in rows], gen["response_ids"],
-                                self.tokenizer.pad_token_id, gen["logprobs"])
-        with timer("score"):  # independent passes, all in flight at once
-            ref = self.reference.map_batch("compute_logprobs", batch)
-            old = self.learner.map_batch("compute_logprobs", batch)
-            val = self.critic.map_batch("compute_values", batch) if self.critic else None
-            rew = self.score(batch, [self.train_set.rows[i] for i in rows], gen["texts"])
-            batch["ref_logprobs"] = self.reference.gather_cat(ref, "reference log-probs")
-            batch["old_logprobs"] = self.learner.gather_cat(old, "learner log-probs")
-            if val is not None:
-                batch["old_values"] = self.critic.gather_cat(val, "critic values")
-            scores = self.reward.gather_cat(rew, "reward scores")
+            prompts = [self.train_set.ids[i] for i in rows]
+            gen = self.recovering("generate", lambda: self.generate(prompts, greedy=False, seed=step * 1_000_003))
+            batch = build_batch(prompts, gen["response_ids"], self.tokenizer.pad_token_id, gen["logprobs"])
+        with timer("score"):
+            scores = self.recovering("score", lambda: self._score_passes(batch, rows, gen))
         with timer("advantages"):
             mask, beta = batch["response_mask"], self.kl_ctl.value
             token_rewards, kl = kl_penalized_rewards(scores, batch["old_logprobs"], batch["ref_logprobs"], mask,
@@ -102,7 +94,7 @@ class PPOTrainer(OnlineController):
             pol_m = self.learner.get(pol, "policy update")
             crit_m = self.critic.get(crit, "value update") if crit else []
         with timer("sync"):
-            sync = self.sync_weights(step)
+            sync = self.recovering("sync", lambda: self.sync_weights(step))
         self.kl_ctl.update(float(seq_kl.mean()), len(rows))
         metrics = {**mean_dicts(pol_m), **mean_dicts(crit_m), **sync, **timer.seconds}
         metrics.update(self._sample_metrics(batch, scores, kl, seq_kl, gen, beta))
@@ -111,6 +103,19 @@ class PPOTrainer(OnlineController):
         metrics["throughput/samples_per_s"] = len(rows) / metrics["time/step"]
         metrics["throughput/gen_tokens_per_s"] = float(batch["response_lengths"].sum()) / metrics["time/generate"]
         return metrics
+
+    def _score_passes(self, batch: Batch, rows: list[int], gen: dict):
+        """Reference log-probs, π_old log-probs, values and rewards: independent, all in flight at once.
+        Fills the batch; returns the scores."""
+        ref = self.reference.map_batch("compute_logprobs", batch)
+        old = self.learner.map_batch("compute_logprobs", batch)
+        val = self.critic.map_batch("compute_values", batch) if self.critic else None
+        rew = self.score(batch, [self.train_set.rows[i] for i in rows], gen["texts"])
+        batch["ref_logprobs"] = self.reference.gather_cat(ref, "reference log-probs")
+        batch["old_logprobs"] = self.learner.gather_cat(old, "learner log-probs")
+        if val is not None:
+            batch["old_values"] = self.critic.gather_cat(val, "critic values")
+        return self.reward.gather_cat(rew, "reward scores")
 
     def _sample_metrics(self, batch: Batch, scores, kl, seq_kl, gen, beta) -> dict[str, float]:
         mask = batch["response_mask"]
