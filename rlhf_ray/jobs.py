@@ -20,6 +20,13 @@ FORWARDED_ENV = ("WANDB_API_KEY", "WANDB_PROJECT", "WANDB_ENTITY", "HF_HUB_OFFLI
 
 
 def client(address: str | None = None):
+    # `ray start` heads require a token by default, but the client library only sends one in token
+    # mode, which it reads when Ray is first imported: use it whenever a token is at hand (env var,
+    # RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token).
+    has_token = "RAY_AUTH_TOKEN" in os.environ or Path(
+        os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token")).is_file()
+    if has_token:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     from ray.job_submission import JobSubmissionClient
 
     return JobSubmissionClient(address or os.environ.get("RAY_ADDRESS", DEFAULT_DASHBOARD))

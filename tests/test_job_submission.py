@@ -43,12 +43,12 @@ def ray_head(tmp_path):
          f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=8",
          "--disable-usage-stats"], env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{dash}"
-    from ray.job_submission import JobSubmissionClient
+    from rlhf_ray.jobs import list_jobs
 
     deadline = time.monotonic() + 120
     while True:
         try:
-            JobSubmissionClient(address).list_jobs()
+            list_jobs(address)
             break
         except Exception:
             if time.monotonic() > deadline or proc.poll() is not None:

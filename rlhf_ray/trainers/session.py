@@ -51,8 +51,9 @@ def start_local_ray(num_cpus: int, num_gpus: int | None = None, dashboard: bool 
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False
-    ray.init(_node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", num_cpus=num_cpus, num_gpus=num_gpus,
-             include_dashboard=dashboard, **kwargs)
+    # address="local": always a new instance, never the cluster a `ray start` on this machine left behind
+    ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", num_cpus=num_cpus,
+             num_gpus=num_gpus, include_dashboard=dashboard, **kwargs)
 
 
 def make_run_dir(cfg: Config) -> Path:
