@@ -257,6 +257,10 @@ class Config(_Strict):
                 raise ValueError(
                     f"ppo.minibatch_samples_global={self.ppo.minibatch_samples_global} must divide the samples per "
                     f"step (ppo.prompts_per_step_global × ppo.samples_per_prompt = {samples})")
+        tp = self.rollout.tensor_parallel_size
+        if tp > 1 and self.rollout.num_gpus_per_actor < tp:
+            raise ValueError(f"rollout.tensor_parallel_size={tp} shards each engine over {tp} GPUs: set "
+                             f"rollout.num_gpus_per_actor={tp} (now {self.rollout.num_gpus_per_actor:g})")
         if self.algorithm in ("grpo", "rloo") and self.ppo.samples_per_prompt < 2:
             raise ValueError(f"algorithm={self.algorithm} compares samples of one prompt: ppo.samples_per_prompt must be ≥ 2")
         if not self.is_online and not self.offline.train_file:

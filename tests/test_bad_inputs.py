@@ -40,6 +40,8 @@ CONFIG_CASES = [
     ("file task without file", ["task.name=gsm8k"], "set task.train_file"),
     ("unknown role in colocate", ["placement.colocate=[[actor, reference]]"], "unknown roles ['actor']"),
     ("unknown algorithm", ["algorithm=ppo2"], "algorithm: Input should be"),
+    ("tensor parallel wider than the GPUs of an engine", ["rollout.tensor_parallel_size=2"],
+     "rollout.tensor_parallel_size=2 shards each engine over 2 GPUs: set rollout.num_gpus_per_actor=2"),
 ]
 
 
