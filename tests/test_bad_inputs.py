@@ -25,6 +25,9 @@ def bad_reward_nan(prompts, responses, answers):
 
 # ------------------------------------------------------------------ config (no controller needed)
 CONFIG_CASES = [
+    ("unknown top-level key", ["bogus=1"], "bogus: unknown key"),
+    ("override without '='", ["ppo"], "override 'ppo' is not of the form a.b=value"),
+    ("ZeRO stage out of range", ["learner.zero_stage=4"], "learner.zero_stage: Input should be less than or equal to 3"),
     ("unknown key", ["learner.zero_stag=3"], "learner.zero_stag: unknown key (did you mean 'learner.zero_stage'?)"),
     ("misspelt section", ["rolout.num_actors=2"], "rolout: unknown key (did you mean 'rollout'?)"),
     ("wrong type", ["rollout.num_actors=two"], "rollout.num_actors: Input should be a valid integer"),
@@ -58,6 +61,9 @@ def test_config_file_missing_or_broken(tmp_path):
     (tmp_path / "b.yaml").write_text("learner: {lr: [\n")
     with pytest.raises(ConfigError, match="b.yaml is not valid YAML"):
         load_config(tmp_path / "b.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping of sections"):
+        load_config(tmp_path / "list.yaml")
 
 
 # ------------------------------------------------------------------ through the PPO controller
