@@ -16,7 +16,6 @@ from common import machine, table  # noqa: E402
 
 
 def in_process_copy_bytes_per_s(model, repeats: int = 3) -> float:
-    import torch
 
     state = {n: p.detach() for n, p in model.named_parameters()}
     nbytes = sum(t.numel() * t.element_size() for t in state.values())

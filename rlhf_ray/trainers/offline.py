@@ -16,7 +16,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from rlhf_ray.algos.offline import kto_objective, needs_reference, pairwise_accuracy, preference_objective
+from rlhf_ray.algos.offline import kto_objective, pairwise_accuracy, preference_objective
 from rlhf_ray.batch import Batch, build_batch
 from rlhf_ray.config import Config
 from rlhf_ray.data import DataError, Encoded, Unit, collate, load_offline_data
