@@ -1,4 +1,4 @@
-"""`rlhf-ray` command line: train, best-of-n, prepare-model, config-doc.
+"""`rlhf-ray` command line: train, best-of-n, prepare-model, config-doc, serve-reward.
 
 Configuration never goes through argparse flags: a YAML file plus `a.b=c` overrides, checked by the
 one schema in rlhf_ray.config.
@@ -109,6 +109,29 @@ def cmd_config_doc(args) -> int:
     return 0
 
 
+def cmd_serve_reward(args) -> int:
+    import os
+
+    from rlhf_ray.rewards_http import serve_reward_function
+
+    token = None
+    if args.token_env:
+        token = os.environ.get(args.token_env)
+        if not token:
+            raise ValueError(f"--token-env {args.token_env}: environment variable {args.token_env} is not set (or empty)")
+    server = serve_reward_function(args.function, args.host, args.port, token)
+    host, port = server.server_address[:2]
+    print(f"serving {args.function} at http://{host}:{port}/ ({'bearer token required' if token else 'no token'}); "
+          f"Ctrl-C stops", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlhf-ray", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -140,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("report", help="plots and a text summary of a run directory")
     p.add_argument("run_dir")
     p.set_defaults(fn=cmd_report)
+    p = sub.add_parser("serve-reward", help="serve a rule reward 'module:function' over HTTP (for reward.kind=http)")
+    p.add_argument("--function", required=True, help="import path 'package.module:function' of the reward")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port (0 = any free one)")
+    p.add_argument("--token-env", default=None, help="environment variable holding the bearer token clients must send")
+    p.set_defaults(fn=cmd_serve_reward)
     p = sub.add_parser("config-doc", help="print every config key with its default and meaning")
     p.set_defaults(fn=cmd_config_doc)
     args = parser.parse_args(argv)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -65,10 +66,26 @@ class RolloutConfig(RoleResources):
 
 
 class RewardConfig(TrainableRole):
-    kind: Literal["rule", "model"] = Field("rule", description="Rule-based function, or a sequence-classification reward model.")
+    kind: Literal["rule", "model", "http"] = Field(
+        "rule", description="Rule-based function, a sequence-classification reward model, or a remote reward service (http).")
     function: str = Field("rlhf_ray.tasks.rewards:arithmetic_exact_match",
                           description="Import path 'module:function' of a rule reward f(prompts, responses, answers) -> list[float].")
     model_path: str | None = Field(None, description="Reward-model HF folder (kind=model; the start point of reward_model training).")
+    url: str | None = Field(None, description="kind=http: reward service endpoint (http:// or https://); see docs/reliability.md.")
+    token_env: str | None = Field(None, description="kind=http: name of the environment variable holding the bearer token (never the token itself).")
+    timeout_s: float = Field(30.0, gt=0, description="kind=http: seconds one request may take before it counts as failed.")
+    max_retries: int = Field(3, ge=0, description="kind=http: retries after a timeout, connection error, HTTP 429 or 5xx.")
+    backoff_s: float = Field(1.0, ge=0, description="kind=http: wait before the first retry, doubled for each further one.")
+    batch_size: int = Field(0, ge=0, description="kind=http: samples per request; 0 = all of an actor's samples in one.")
+
+    @model_validator(mode="after")
+    def _http_needs_url(self) -> "RewardConfig":
+        if self.kind == "http" and not self.url:
+            raise ValueError("reward.kind=http needs reward.url (the reward service endpoint)")
+        parts = urlsplit(self.url or "")
+        if self.url is not None and (parts.scheme not in ("http", "https") or not parts.netloc):
+            raise ValueError(f"reward.url={self.url!r} must be an http:// or https:// address with a host")
+        return self
 
 
 class ReferenceConfig(RoleResources):
@@ -178,7 +195,7 @@ class TrainerConfig(_Strict):
     run_dir: str = Field("runs/ppo", description="Where metrics.jsonl, the resolved config and outputs go.")
     weight_sync_bucket_mb: float = Field(256.0, gt=0, description="Weight-sync bucket size, MiB (one remote call per bucket per engine).")
     call_timeout_s: float = Field(1800.0, gt=0, description="A remote call slower than this fails with the actor's name.")
-    max_actor_restarts: int = Field(3, ge=0, description="Rollout/reward/reference actors restarted (and the stage retried) before a run gives up.")
+    max_actor_restarts: int = Field(3, ge=0, description="Actor failures survived per run: rollout/reward/reference restarts (stage retried) plus learner/critic restores from the last checkpoint.")
     save_every: int = Field(0, ge=0, description="Checkpoint every K steps (0 = only at the end); see docs/reliability.md.")
     keep_last: int = Field(2, ge=1, description="Complete checkpoints kept; older ones are deleted.")
     save_hf: bool = Field(True, description="Put an HF export of the policy (safetensors) in every checkpoint.")

@@ -45,6 +45,7 @@ CONFIG_CASES = [
     ("unknown algorithm", ["algorithm=ppo2"], "algorithm: Input should be"),
     ("tensor parallel wider than the GPUs of an engine", ["rollout.tensor_parallel_size=2"],
      "rollout.tensor_parallel_size=2 shards each engine over 2 GPUs: set rollout.num_gpus_per_actor=2"),
+    ("http reward without a url", ["reward.kind=http"], "reward.kind=http needs reward.url"),
 ]
 
 

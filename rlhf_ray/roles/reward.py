@@ -1,4 +1,5 @@
-"""The reward: a rule-based function named by import path, or a reward model scored at the last token."""
+"""The reward: a rule-based function named by import path, a reward model scored at the last token, or a
+remote reward service (rlhf_ray.rewards_http)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,11 @@ class Reward(Worker):
         if rc.kind == "rule":
             self.fn = import_reward_function(rc.function)
             return 0
+        if rc.kind == "http":
+            from rlhf_ray.rewards_http import HttpRewardClient  # lazy: that module imports this one
+
+            self.client = HttpRewardClient.from_config(rc)
+            return 0
         from transformers import AutoModelForSequenceClassification
 
         from rlhf_ray.models.loading import check_model_folder
@@ -63,6 +69,8 @@ class Reward(Worker):
         rc = self.cfg.reward
         if rc.kind == "rule":
             return check_scores(self.fn(prompts, responses, answers), len(responses), f"reward.function {rc.function}")
+        if rc.kind == "http":  # the client has checked count and finiteness, naming the URL
+            return torch.tensor(self.client.score(prompts, responses, answers), dtype=torch.float32)
         micro = rc.micro_batch_samples_per_actor
         scores = torch.cat([sequence_scores(self.model, mb).cpu() for mb in micro_batches(batch, micro)])
         return check_scores(scores.tolist(), len(responses), "reward model")
