@@ -43,14 +43,18 @@ class WorkerGroup:
                 placement_group=pg, placement_group_bundle_index=rank),
         ).remote(cfg, rank, self.size)
 
-    def dead_ranks(self, timeout_s: float = 30.0) -> list[int]:
-        """Ranks whose actor process is gone (killed, or its node lost)."""
+    def dead_ranks(self, timeout_s: float = 10.0) -> list[int]:
+        """Ranks whose actor process is gone (killed, or its node lost). An actor that does not answer
+        within ``timeout_s`` is alive but busy: a survivor stuck in a collective with a dead rank."""
+        refs = [a.identity.remote() for a in self.actors]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
         dead = []
-        for rank, actor in enumerate(self.actors):
-            try:
-                ray.get(actor.identity.remote(), timeout=timeout_s)
-            except ray.exceptions.RayActorError:
-                dead.append(rank)
+        for rank, ref in enumerate(refs):
+            if ref in ready:
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayActorError:
+                    dead.append(rank)
         return dead
 
     def respawn(self, ranks: list[int]) -> None:
@@ -72,13 +76,20 @@ class WorkerGroup:
         return [getattr(a, method).remote(s, *args) for a, s in zip(self.actors, shards)]
 
     def get(self, refs: list[ray.ObjectRef], what: str = "") -> list[Any]:
-        try:
-            return ray.get(refs, timeout=self.timeout)
-        except ray.exceptions.GetTimeoutError:
-            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-            late = [f"{self.role}-{i}" for i, r in enumerate(refs) if r not in ready]
-            raise RemoteCallError(f"{what or 'remote call'} on {', '.join(late)} did not finish within "
-                                  f"trainer.call_timeout_s={self.timeout:g}s") from None
+        """Results in order. Fails as soon as any call fails: when one rank of a data-parallel group
+        dies, the others wait in a collective that would never finish, so waiting for all first
+        would turn a lost actor into a timeout."""
+        import time
+
+        deadline, pending = time.monotonic() + self.timeout, list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                late = [f"{self.role}-{i}" for i, r in enumerate(refs) if r in pending]
+                raise RemoteCallError(f"{what or 'remote call'} on {', '.join(late)} did not finish within "
+                                      f"trainer.call_timeout_s={self.timeout:g}s")
+            ray.get(ready[0])  # raises the actor's error now, not after the others
+        return ray.get(refs)
 
     def gather_cat(self, refs: list[ray.ObjectRef], what: str = "") -> torch.Tensor:
         return torch.cat(self.get(refs, what))

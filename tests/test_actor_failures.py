@@ -1,8 +1,10 @@
 """Actors killed mid-run (by process id): rollout, reward and reference come back and the step goes on;
-a lost learner rank stops the run with the way back (resume from the last checkpoint)."""
+a lost learner or critic rank takes its group back to the last checkpoint (or the start) and the run
+then continues exactly as an uninterrupted one."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -12,6 +14,7 @@ import pytest
 
 from conftest import tiny_overrides
 from rlhf_ray.config import load_config
+from rlhf_ray.trainers.online import TrainableLost
 
 
 def _kill(group, rank=0):
@@ -39,7 +42,45 @@ def test_killed_actors_restart_and_the_run_goes_on(local_ray, tiny_policy, tmp_p
             assert metrics["check/logprob_gap_mean"] < 1e-3
         assert trainer.rollout.get(trainer.rollout.call("get_version")) == [4, 4]
         _kill(trainer.learner)
-        with pytest.raises(RuntimeError, match=r"learner ranks \[0\] died.*trainer.resume=auto"):
-            trainer.step(5)
+        with pytest.raises(TrainableLost, match=r"learner ranks \[0\] died") as lost:
+            trainer.step(5)  # a step cannot recover a learner: fit() goes back to a checkpoint
+        assert lost.value.ranks == {"learner": [0]}
     finally:
         trainer.shutdown()
+
+
+def _metrics(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_lost_learner_and_critic_ranks_are_restored_from_checkpoints(local_ray, tiny_policy, tmp_path):
+    """Critic rank 0 dies before any checkpoint (back to the start), learner rank 1 of 2 dies after
+    the step-3 checkpoint (back to step 3): the run finishes with the uninterrupted run's metrics."""
+    from rlhf_ray.trainers.ppo import PPOTrainer
+
+    class KillingTrainer(PPOTrainer):
+        kills = {2: ("critic", 0), 5: ("learner", 1)}
+
+        def step(self, step):
+            if step in self.kills:
+                role, rank = self.kills.pop(step)
+                _kill(getattr(self, role), rank)
+            return super().step(step)
+
+    def overrides(run_dir):
+        return tiny_overrides(tiny_policy, run_dir, "learner.num_actors=2", "trainer.total_steps=6",
+                              "trainer.save_every=3", "trainer.save_hf=false")
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    for cls, run_dir in ((PPOTrainer, straight), (KillingTrainer, killed)):
+        trainer = cls(load_config(overrides=overrides(run_dir)))
+        try:
+            trainer.fit()
+        finally:
+            trainer.shutdown()
+    assert trainer.restarts == 2 and not trainer.kills
+    want, got = _metrics(straight), _metrics(killed)
+    assert [r["step"] for r in got] == list(range(7))  # each step logged once, in order
+    for a, b in zip(want[1:], got[1:]):
+        for key in ("reward/mean", "kl/mean", "learner/policy_loss", "critic/value_loss"):
+            assert b[key] == pytest.approx(a[key], abs=1e-5), (a["step"], key)

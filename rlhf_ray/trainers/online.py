@@ -12,6 +12,7 @@ import json
 import time
 
 from rlhf_ray.batch import Batch, build_batch, split_batch, split_list
+from rlhf_ray.checkpoint import rng_state, set_rng_state
 from rlhf_ray.config import Config
 from rlhf_ray.dispatch import generate_balanced
 from rlhf_ray.groups import WorkerGroup, shutdown_groups, start_groups
@@ -19,6 +20,14 @@ from rlhf_ray.prompts import PromptSampler, load_task
 from rlhf_ray.trainers.session import init_ray, make_run_dir, resolve_model_path, run_id
 
 TRAINABLE = ("learner", "critic")  # DeepSpeed groups: their ranks meet before loading a model
+
+
+class TrainableLost(RuntimeError):
+    """A learner or critic rank died. ``ranks``: role → dead ranks."""
+
+    def __init__(self, ranks: dict[str, list[int]], stage: str):
+        self.ranks = ranks
+        super().__init__(f"{stage}: " + ", ".join(f"{role} ranks {d} died" for role, d in ranks.items()))
 
 
 def repeat_prompts(indices: list[int], n: int) -> list[int]:
@@ -81,13 +90,14 @@ class OnlineController:
         import_reward_function(cfg.reward.function)
         return None
 
-    def _load_models(self, paths: dict[str, str | None]) -> None:
+    def _load_models(self, paths: dict[str, str | None], roles=None) -> None:
+        roles = list(self.groups) if roles is None else roles
         for role in TRAINABLE:  # data-parallel groups meet at rank 0's address
-            if role in self.groups:
+            if role in roles:
                 g = self.groups[role]
                 addr, port = g.get([g.actors[0].master_address.remote()])[0]
                 g.get(g.call("setup_distributed", addr, port), f"{role} distributed setup")
-        inits = {role: g.call("init_model", paths[role]) for role, g in self.groups.items()}
+        inits = {role: self.groups[role].call("init_model", paths[role]) for role in roles}
         for role, refs in inits.items():
             self.groups[role].get(refs, f"{role} model load")
 
@@ -149,29 +159,29 @@ class OnlineController:
 
     def recovering(self, stage: str, fn):
         """Runs ``fn``; when a rollout, reward or reference actor dies in it, those actors are started
-        again (model reloaded, engines given the current weights) and the stage is run again."""
+        again (model reloaded, engines given the current weights) and the stage is run again. A lost
+        learner or critic rank raises TrainableLost: its optimizer state is gone, so the loop goes
+        back to the last checkpoint (``restore_trainables``)."""
         import ray
 
         while True:
             try:
                 return fn()
             except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
-                self._fail_if_trainable_died()
-                if self.restarts >= self.cfg.trainer.max_actor_restarts:
-                    raise RuntimeError(f"{stage}: actor failure after {self.restarts} restarts "
-                                       f"(trainer.max_actor_restarts): {e}") from e
+                lost = {role: self.groups[role].dead_ranks() for role in TRAINABLE if role in self.groups}
+                if any(lost.values()):
+                    raise TrainableLost({r: d for r, d in lost.items() if d}, stage) from e
+                self._count_restart(stage, e)
                 restarted = self.restart_dead_actors()
                 if not restarted:
                     raise
-                self.restarts += 1
                 print(f"[recover] {stage}: restarted {', '.join(restarted)}; running the stage again", flush=True)
 
-    def _fail_if_trainable_died(self) -> None:
-        for role in TRAINABLE:
-            dead = self.groups[role].dead_ranks() if role in self.groups else []
-            if dead:
-                raise RuntimeError(f"{role} ranks {dead} died: their optimizer state is gone; continue from the last "
-                                   f"checkpoint with trainer.resume=auto")
+    def _count_restart(self, stage: str, error: BaseException) -> None:
+        if self.restarts >= self.cfg.trainer.max_actor_restarts:
+            raise RuntimeError(f"{stage}: actor failure after {self.restarts} restarts (trainer.max_actor_restarts); "
+                               f"continue from the last checkpoint with trainer.resume=auto: {error}") from error
+        self.restarts += 1
 
     def restart_dead_actors(self) -> list[str]:
         restarted = []
@@ -188,11 +198,44 @@ class OnlineController:
             restarted += [f"{role}-{r}" for r in dead]
         return restarted
 
+    def restore_trainables(self, lost: "TrainableLost", last_checkpoint: str | None) -> dict:
+        """A learner or critic rank died: every rank of its group is started again (the survivors
+        are stuck in collectives with the dead one), then all trainable groups, the sampler and the
+        RNG go back to the last checkpoint, or to the start of the run when none was written yet.
+        Returns the controller state restored to; its "step" is the last step that counts."""
+        from pathlib import Path
+
+        self._count_restart(str(lost), lost)
+        for role in lost.ranks:
+            g = self.groups[role]
+            g.respawn(list(range(g.size)))
+        print(f"[recover] {lost}; restarting {', '.join(lost.ranks)} and going back to "
+              f"{last_checkpoint or 'the start of the run (no checkpoint yet)'}", flush=True)
+        if last_checkpoint:
+            self._load_models(self.model_paths, list(lost.ranks))
+            return self.restore_checkpoint(Path(last_checkpoint))
+        # No checkpoint: every trainable group starts again from the initial weights.
+        for role in TRAINABLE:
+            if role in self.groups and role not in lost.ranks:
+                self.groups[role].respawn(list(range(self.groups[role].size)))
+        self._load_models(self.model_paths, [r for r in TRAINABLE if r in self.groups])
+        state = self.initial_state
+        self.sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        self.sync_weights(0)
+        _truncate_metrics(self.run_dir / "metrics.jsonl", 0)
+        return state
+
+    def remember_initial_state(self, **extra) -> None:
+        """What restore_trainables goes back to when a trainable rank dies before the first checkpoint."""
+        self.initial_state = {"step": 0, "version": 0, "sampler": self.sampler.state_dict(), "rng": rng_state(),
+                              **extra}
+
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, step: int, extra_state: dict) -> str:
         """Every trainable group saves its ranks' states into a temporary folder, the controller adds
         its own state, and the folder is renamed only when whole (see rlhf_ray.checkpoint)."""
-        from rlhf_ray.checkpoint import CheckpointManager, rng_state
+        from rlhf_ray.checkpoint import CheckpointManager
         from rlhf_ray.config import save_config
 
         manager = CheckpointManager(self.run_dir, self.cfg.trainer.keep_last)
@@ -210,7 +253,7 @@ class OnlineController:
     def restore_checkpoint(self, path) -> dict:
         """Loads the trainable groups and controller state, then gives every rollout engine the
         restored weights before anything is generated."""
-        from rlhf_ray.checkpoint import read_controller_state, set_rng_state
+        from rlhf_ray.checkpoint import read_controller_state
 
         state = read_controller_state(path)
         for role, g in self.groups.items():

@@ -21,7 +21,7 @@ from rlhf_ray.batch import Batch, build_batch
 from rlhf_ray.config import Config
 from rlhf_ray.tracking import StageTimer, Tracker
 from rlhf_ray.trainers.estimate import estimate_advantages, group_metrics
-from rlhf_ray.trainers.online import OnlineController, mean_dicts
+from rlhf_ray.trainers.online import OnlineController, TrainableLost, mean_dicts
 from rlhf_ray.trainers.session import fit_and_shut_down
 
 
@@ -40,20 +40,33 @@ class PPOTrainer(OnlineController):
         start = self.resume()
         history = {}
         if start == 0:
+            self.remember_initial_state(kl_ctl=self.kl_ctl.state_dict())
             history[0] = self.evaluate(0)
             self.tracker.log(0, history[0], echo=None)
-        bar = tqdm(range(start + 1, cfg.total_steps + 1), desc=self.cfg.algorithm,
+        bar = tqdm(total=cfg.total_steps, initial=start, desc=self.cfg.algorithm,
                    disable=not self.cfg.logging.progress_bar)
-        for step in bar:
-            metrics = self.step(step)
+        step = start + 1
+        while step <= cfg.total_steps:
+            try:
+                metrics = self.step(step)
+            except TrainableLost as lost:  # back to the last checkpoint, with a fresh group
+                state = self.restore_trainables(lost, self.last_checkpoint)
+                self.kl_ctl.load_state_dict(state["kl_ctl"])
+                step = state["step"] + 1
+                history = {s: m for s, m in history.items() if s <= state["step"]}
+                bar.n = state["step"]
+                continue
             check_finite(metrics, step, self.last_checkpoint)
             if step == cfg.total_steps or (cfg.eval_every and step % cfg.eval_every == 0):
                 history[step] = self.evaluate(step)
                 metrics.update(history[step])
             self.tracker.log(step, metrics, echo=bar.write)
+            bar.update()
             bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl/mean']:.3f}")
             if step == cfg.total_steps or (cfg.save_every and step % cfg.save_every == 0):
                 self.last_checkpoint = self.save_checkpoint(step, {"kl_ctl": self.kl_ctl.state_dict()})
+            step += 1
+        bar.close()
         self.tracker.close()
         return self.write_summary(history)
 
@@ -89,10 +102,7 @@ class PPOTrainer(OnlineController):
             batch["advantages"], batch["returns"] = estimate_advantages(
                 self.cfg, scores, token_rewards, seq_kl, mask, beta, batch.get("old_values"))
         with timer("update"):  # learner and critic train side by side; β reaches the loss when placement=loss
-            pol = self.learner.map_batch("train_ppo", batch, beta)
-            crit = self.critic.map_batch("train_values", batch) if self.critic else []
-            pol_m = self.learner.get(pol, "policy update")
-            crit_m = self.critic.get(crit, "value update") if crit else []
+            pol_m, crit_m = self.recovering("update", lambda: self._update(batch, beta))
         with timer("sync"):
             sync = self.recovering("sync", lambda: self.sync_weights(step))
         self.kl_ctl.update(float(seq_kl.mean()), len(rows))
@@ -103,6 +113,11 @@ class PPOTrainer(OnlineController):
         metrics["throughput/samples_per_s"] = len(rows) / metrics["time/step"]
         metrics["throughput/gen_tokens_per_s"] = float(batch["response_lengths"].sum()) / metrics["time/generate"]
         return metrics
+
+    def _update(self, batch: Batch, beta: float):
+        pol = self.learner.map_batch("train_ppo", batch, beta)
+        crit = self.critic.map_batch("train_values", batch) if self.critic else []
+        return self.learner.get(pol, "policy update"), self.critic.get(crit, "value update") if crit else []
 
     def _score_passes(self, batch: Batch, rows: list[int], gen: dict):
         """Reference log-probs, π_old log-probs, values and rewards: independent, all in flight at once.
