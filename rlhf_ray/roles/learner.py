@@ -10,6 +10,7 @@ import torch
 from rlhf_ray.algos import KL_ESTIMATORS, POLICY_LOSSES, masked_mean
 from rlhf_ray.batch import Batch
 from rlhf_ray.models.forward import response_logprobs
+from rlhf_ray.models.wire import to_wire
 from rlhf_ray.roles.ds_worker import DeepSpeedWorker
 
 
@@ -140,8 +141,10 @@ class PolicyLearner(DeepSpeedWorker):
         for i, (name, p) in enumerate(params):
             with deepspeed.zero.GatheredParameters([p], enabled=zero3):
                 if self.rank == 0:
-                    t = p.detach().to("cpu", copy=True)
-                    bucket.append((name, t))
+                    # A CPU parameter goes as a view: ray.put copies it before the next update. A
+                    # gathered ZeRO-3 parameter is freed at the end of this block, so it is copied.
+                    t = p.detach().to("cpu", copy=zero3)
+                    bucket.append((name, *to_wire(t)))
                     size += t.numel() * t.element_size()
             # Cut buckets only between layers: vLLM rebuilds a fused q/k/v or gate/up layer from
             # one call's tensors, so splitting a layer across buckets would corrupt it.

@@ -76,8 +76,12 @@ class Rollout(Worker):
         return {"response_ids": ids, "logprobs": logps, "finish_reasons": reasons}
 
     # -- weight sync
-    def load_weights(self, named_tensors: list[tuple[str, torch.Tensor]], version: int, last: bool) -> int:
-        """One bucket of new weights; the version is set once the last bucket is in."""
+    def load_weights(self, bucket: list[tuple], version: int, last: bool) -> int:
+        """One bucket of new weights (see rlhf_ray.models.wire); the version is set once the last
+        bucket is in."""
+        from rlhf_ray.models.wire import unpack
+
+        named_tensors = unpack(bucket)
         if isinstance(self.engine, HFEngine):
             self.engine.load_weights(named_tensors)
         else:
