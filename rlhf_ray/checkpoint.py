@@ -3,9 +3,12 @@
 Layout of ``<run_dir>/checkpoints/step_000010/``::
 
     controller.json      step, prompt-sampler position, KL-controller state, RNG states, weights version
+                         (each loop writes what it needs: offline ones add past held-out metrics)
     config.yaml          the resolved config of the run that wrote it
     learner/ critic/     DeepSpeed states (weights, optimizer, every rank's partition) + each rank's RNG
+                         (reward/ for reward-model training)
     policy_hf/           the policy as a Hugging Face folder (safetensors), loadable by from_pretrained and vLLM
+                         (reward_hf/ for reward-model training)
     COMPLETE             written last
 
 A checkpoint is assembled in ``step_000010.tmp`` and renamed when complete, so a crash during a save

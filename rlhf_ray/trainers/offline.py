@@ -3,6 +3,7 @@
     tokenize the dataset → reference log-probs of every row (once, cached; or per batch)
     → each step: sample a batch of units → (reference log-probs) → one learner update → log
     held-out evaluation before, every offline.eval_every steps and at the end → save the policy
+    a checkpoint every trainer.save_every steps and at the end; trainer.resume continues after one
 
 Only the learner runs, and the reference for the losses measured against it: no rollout, critic
 or reward. The controller holds no model; every stage is timed (``time/<stage>``).
@@ -119,15 +120,18 @@ class OfflineTrainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
-        oc, timer = self.cfg.offline, StageTimer()
+        oc, tc, timer = self.cfg.offline, self.cfg.trainer, StageTimer()
+        start, history = self.resume()
         with timer("reference"):  # the reference is frozen: score the held-out rows once, always
             if self.reference is not None and self.eval is not None:
                 self.ref_eval = self.reference_scores(self.eval.units)
             if self.reference is not None and oc.reference_logprobs == "precompute":
                 self.ref_train = self.precompute_reference()
-        history = {0: self.evaluate(0)} if self.eval else {}
-        self.tracker.log(0, {**history.get(0, {}), **timer.seconds}, echo=None)
-        bar = tqdm(range(1, self.total_steps + 1), desc=self.cfg.algorithm, disable=not self.cfg.logging.progress_bar)
+        if start == 0:  # a resumed run logged (and evaluated) step 0 before its checkpoint
+            history = {0: self.evaluate(0)} if self.eval else {}
+            self.tracker.log(0, {**history.get(0, {}), **timer.seconds}, echo=None)
+        bar = tqdm(range(start + 1, self.total_steps + 1), desc=self.cfg.algorithm, initial=start,
+                   total=self.total_steps, disable=not self.cfg.logging.progress_bar)
         for step in bar:
             metrics = self.step(step)
             if self.eval and (step == self.total_steps or (oc.eval_every and step % oc.eval_every == 0)):
@@ -136,6 +140,8 @@ class OfflineTrainer:
             self.tracker.log(step, metrics, echo=None)
             if step % self.cfg.logging.console_every == 0:
                 bar.write(" | ".join([f"step {step}"] + [f"{s}={metrics[k]:.4g}" for k, s in CONSOLE if k in metrics]))
+            if step == self.total_steps or (tc.save_every and step % tc.save_every == 0):
+                self.save_checkpoint(step, history)
         self.tracker.close()
         return self.finish(history)
 
@@ -155,6 +161,46 @@ class OfflineTrainer:
         metrics["throughput/tokens_per_s"] = float(batch["attention_mask"].sum()) / metrics["time/step"]
         metrics["data/epoch"] = self.sampler.epoch + self.sampler.position / len(self.train.units)
         return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, step: int, history: dict[int, dict[str, float]]) -> str:
+        """The trained group's DeepSpeed states (+ an HF export) and the controller's state, written
+        whole or not at all (rlhf_ray.checkpoint). The held-out metrics so far go along, so a resumed
+        run's summary.json still holds every evaluation."""
+        from rlhf_ray.checkpoint import CheckpointManager, rng_state
+        from rlhf_ray.config import save_config
+
+        g, tc = self.trainee, self.cfg.trainer
+        manager = CheckpointManager(self.run_dir, tc.keep_last)
+        tmp = manager.begin(step)
+        g.get(g.call("save_state", str(tmp / g.role)), f"checkpoint ({g.role})")
+        if tc.save_hf:
+            g.get(g.call("save_hf", str(tmp / self.hf_export), self.start_path), f"checkpoint ({self.hf_export})")
+        save_config(self.cfg, tmp / "config.yaml")
+        state = {"step": step, "sampler": self.sampler.state_dict(), "rng": rng_state(), "eval": history}
+        return str(manager.commit(tmp, state))
+
+    @property
+    def hf_export(self) -> str:
+        """A trained reward model is no policy: its export is named for its role."""
+        return "policy_hf" if self.trained_role == "learner" else f"{self.trained_role}_hf"
+
+    def resume(self) -> tuple[int, dict[int, dict[str, float]]]:
+        """(step to continue after, held-out metrics so far): (0, {}) for a fresh run. The reference
+        log-prob cache is not saved: it is recomputed, and comes out the same (frozen weights)."""
+        from rlhf_ray.checkpoint import read_controller_state, resolve_resume, set_rng_state
+        from rlhf_ray.trainers.online import _truncate_metrics
+
+        path = resolve_resume(self.cfg.trainer.resume, self.run_dir)
+        if path is None:
+            return 0, {}
+        state, g = read_controller_state(path), self.trainee
+        g.get(g.call("load_state", str(path / g.role)), f"restore ({g.role})")
+        self.sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        _truncate_metrics(self.run_dir / "metrics.jsonl", state["step"])
+        print(f"[resume] from {path} at step {state['step']}", flush=True)
+        return state["step"], {int(s): m for s, m in state["eval"].items()}  # JSON made the steps strings
 
     # ------------------------------------------------------------------ stages
     def reference_scores(self, units: list[Unit]) -> torch.Tensor:

@@ -6,6 +6,8 @@
 No critic and no reference: the policy only ever imitates its own best samples. The SFT optimiser
 step is ``offline.batch_samples_global`` samples (the learner's optimiser batch for every
 dataset-style update); each round keeps a whole number of such steps of its selection.
+A checkpoint (learner state, sampler, RNG, weights version, round) is written every
+trainer.save_every rounds and after the last; trainer.resume continues at the next round.
 """
 
 from __future__ import annotations
@@ -56,18 +58,35 @@ class RaftTrainer(OnlineController):
         self.tracker = Tracker(cfg, self.run_dir, run_name=self.run_id)
 
     def fit(self) -> dict:
-        raft, every = self.cfg.raft, self.cfg.trainer.eval_every
-        history = {0: self.evaluate(0)}
-        self.tracker.log(0, history[0], echo=None)
-        bar = tqdm(range(1, raft.rounds + 1), desc="raft", disable=not self.cfg.logging.progress_bar)
+        raft, tc = self.cfg.raft, self.cfg.trainer
+        start, history = self.resume()
+        if start == 0:
+            history[0] = self.evaluate(0)
+            self.tracker.log(0, history[0], echo=None)
+        bar = tqdm(range(start + 1, raft.rounds + 1), desc="raft", initial=start, total=raft.rounds,
+                   disable=not self.cfg.logging.progress_bar)
         for r in bar:
             metrics = self.round(r)
-            if r == raft.rounds or (every and r % every == 0):
+            if r == raft.rounds or (tc.eval_every and r % tc.eval_every == 0):
                 history[r] = self.evaluate(r)
                 metrics.update(history[r])
             self.tracker.log(r, metrics, echo=bar.write)
+            if r == raft.rounds or (tc.save_every and r % tc.save_every == 0):  # trainer.save_every counts rounds
+                self.save_checkpoint(r, {"eval": history})
         self.tracker.close()
         return self.write_summary(history)
+
+    def resume(self) -> tuple[int, dict[int, dict[str, float]]]:
+        """(round to continue after, held-out metrics so far): (0, {}) for a fresh run. The learner,
+        sampler, RNG and weights version come back through OnlineController.restore_checkpoint;
+        generation seeds are per round, so the next round samples as the uninterrupted run would."""
+        from rlhf_ray.checkpoint import resolve_resume
+
+        path = resolve_resume(self.cfg.trainer.resume, self.run_dir)
+        if path is None:
+            return 0, {}
+        state = self.restore_checkpoint(path)
+        return state["step"], {int(s): m for s, m in state["eval"].items()}  # JSON made the rounds strings
 
     def round(self, r: int) -> dict[str, float]:
         raft, timer = self.cfg.raft, StageTimer()
