@@ -123,6 +123,11 @@ class PPOConfig(_Strict):
     entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus in the policy loss.")
     kl: KLConfig = Field(default_factory=KLConfig, description="KL penalty to the reference.")
     logprob_gap_warn: float = Field(0.05, gt=0, description="Warn when |rollout − learner| sampled-token log-prob gap exceeds this.")
+    async_rollout: bool = Field(False, description=(
+        "Generate step n+1 while step n trains (one step off-policy); corrected by ppo.tis_cap. See docs/performance.md."))
+    tis_cap: float | None = Field(2.0, gt=0, description=(
+        "Truncated importance weight min(π_old/π_rollout, C) on each token's loss, from the rollout's own "
+        "log-probs (≈1 when synchronous); empty = off."))
 
 
 class OfflineConfig(_Strict):

@@ -6,6 +6,8 @@ import torch
 
 from rlhf_ray.algos import (
     POLICY_LOSSES,
+    is_weight_metrics,
+    truncated_is_weights,
     PREFERENCE_LOSSES,
     VALUE_LOSSES,
     aggregate_loss,
@@ -81,6 +83,35 @@ def test_ppo_padding_values_do_not_matter():
     adv_b[0, 5] = float("nan")
     b, _ = POLICY_LOSSES.get("ppo")(logp_b, old, adv_b, mask)
     assert a.item() == pytest.approx(b.item())
+
+
+def test_truncated_is_weights_closed_form():
+    old = torch.log(torch.tensor([[0.5, 0.2, 0.9]]))
+    behaviour = torch.log(torch.tensor([[0.25, 0.4, 0.1]]))
+    w = truncated_is_weights(old, behaviour, cap=2.0)
+    assert w.tolist()[0] == pytest.approx([2.0, 0.5, 2.0])  # 0.5/0.25 = 2, 0.2/0.4, 0.9/0.1 = 9 → 2
+    m = is_weight_metrics(old, behaviour, 2.0, torch.tensor([[1.0, 1.0, 0.0]]))
+    assert m == pytest.approx({"is_weight_mean": 1.25, "is_capped_frac": 0.0})
+    assert truncated_is_weights(old, old, 2.0).tolist()[0] == pytest.approx([1.0, 1.0, 1.0])
+    x = old.clone().requires_grad_()
+    assert not truncated_is_weights(x, behaviour, 2.0).requires_grad
+
+
+def test_ppo_loss_with_is_weights_matches_a_loop():
+    logp, old, adv, mask, _ = ppo_inputs()
+    weights = torch.tensor([[0.5, 2.0, 1.0, 0.0, 1.5, 7.0]])
+    loss, _ = POLICY_LOSSES.get("ppo")(logp, old, adv, mask, clip_eps=0.2, is_weights=weights)
+    total, count = 0.0, 0
+    for t in range(logp.shape[1]):
+        if mask[0, t]:
+            rho = math.exp(logp[0, t].item() - old[0, t].item())
+            a = adv[0, t].item()
+            total += -weights[0, t].item() * min(rho * a, min(max(rho, 0.8), 1.2) * a)
+            count += 1
+    assert loss.item() == pytest.approx(total / count, abs=1e-6)
+    ones, _ = POLICY_LOSSES.get("ppo")(logp, old, adv, mask, is_weights=torch.ones_like(logp))
+    plain, _ = POLICY_LOSSES.get("ppo")(logp, old, adv, mask)
+    assert ones.item() == pytest.approx(plain.item())
 
 
 # ---------------------------------------------------------------- value, SFT, reward model

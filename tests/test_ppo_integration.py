@@ -96,3 +96,33 @@ def test_local_ray_listens_on_loopback_only(local_ray):
 
     assert local_ray.get(where.remote()) == "127.0.0.1"
     assert {n["NodeManagerAddress"] for n in local_ray.nodes()} == {"127.0.0.1"}
+
+
+def test_async_rollout_is_one_step_off_policy_and_corrected(local_ray, tiny_policy, tmp_path):
+    """Step n+1 is generated while step n trains: from step 2 on the batch comes from weights one
+    update old (staleness 1), the engine/learner log-prob gap opens, and the truncated IS weights
+    move off 1. Step 1 has nothing to overlap and equals the synchronous run's step 1 exactly."""
+    pytest.importorskip("vllm")
+    from rlhf_ray.trainers.ppo import PPOTrainer
+
+    runs = {}
+    for mode in ("false", "true"):
+        run_dir = tmp_path / mode
+        cfg = load_config(overrides=tiny_overrides(tiny_policy, run_dir, f"ppo.async_rollout={mode}",
+                                                   "trainer.total_steps=3"))
+        trainer = PPOTrainer(cfg)
+        try:
+            trainer.fit()
+            assert trainer.rollout.get(trainer.rollout.call("get_version")) == [3]
+        finally:
+            trainer.shutdown()
+        runs[mode] = _metrics(run_dir)[1:]
+    sync, off = runs["false"], runs["true"]
+    assert [r["offpolicy/staleness"] for r in sync] == [0, 0, 0]
+    assert [r["offpolicy/staleness"] for r in off] == [0, 1, 1]
+    for key in ("reward/mean", "learner/policy_loss", "critic/value_loss"):
+        assert off[0][key] == pytest.approx(sync[0][key], abs=1e-6), key
+    assert all(r["check/logprob_gap_mean"] < LOGPROB_GAP_TOL for r in sync)
+    assert all(r["check/logprob_gap_mean"] > 10 * LOGPROB_GAP_TOL for r in off[1:])
+    assert all(abs(r["learner/is_weight_mean"] - 1) < 1e-3 for r in sync)
+    assert all(abs(r["learner/is_weight_mean"] - 1) > 1e-3 for r in off[1:])

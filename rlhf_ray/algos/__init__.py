@@ -25,6 +25,7 @@ from .kl import (
     kl_penalized_rewards,
 )
 from .advantages import gae, grpo, reinforce_pp, rloo
+from .offpolicy import is_weight_metrics, truncated_is_weights
 from .losses import (
     aggregate_loss,
     bradley_terry_loss,
@@ -49,5 +50,5 @@ __all__ = [
     "gae", "grpo", "rloo", "reinforce_pp",
     "aggregate_loss", "ppo_policy_loss", "clipped_value_loss", "sft_loss", "bradley_terry_loss",
     "preference_metrics", "dpo_loss", "ipo_loss", "simpo_loss", "orpo_loss",
-    "kto_loss", "kto_reference_point",
+    "kto_loss", "kto_reference_point", "truncated_is_weights", "is_weight_metrics",
 ]

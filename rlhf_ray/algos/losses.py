@@ -42,11 +42,13 @@ def ppo_policy_loss(
     clip_eps: float = 0.2,
     clip_eps_high: Optional[float] = None,
     agg: str = "token-mean",
+    is_weights: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Metrics]:
     """PPO clipped surrogate (Schulman et al. 2017), rho = exp(logp - old_logp):
 
-    l_t = -min(rho A, clip(rho, 1 - eps, 1 + eps_high) A),  eps_high defaults to eps
-    (a larger eps_high is DAPO's "clip-higher").
+    l_t = -w_t min(rho A, clip(rho, 1 - eps, 1 + eps_high) A),  eps_high defaults to eps
+    (a larger eps_high is DAPO's "clip-higher"); w_t = 1, or the (detached) truncated importance
+    weight π_old/π_behaviour when the samples came from another policy (see truncated_is_weights).
     """
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
     log_ratio = logp - old_logp
@@ -54,7 +56,10 @@ def ppo_policy_loss(
     ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     surr = ratio * advantages
     surr_clipped = ratio.clamp(1.0 - clip_eps, 1.0 + eps_high) * advantages
-    loss = aggregate_loss(-torch.minimum(surr, surr_clipped), mask, agg)
+    loss_tok = -torch.minimum(surr, surr_clipped)
+    if is_weights is not None:
+        loss_tok = loss_tok * is_weights.detach()
+    loss = aggregate_loss(loss_tok, mask, agg)
     with torch.no_grad():
         metrics = {
             "clipfrac": masked_mean((surr_clipped < surr).float(), mask).item(),

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from rlhf_ray.algos import KL_ESTIMATORS, POLICY_LOSSES, masked_mean
+from rlhf_ray.algos import KL_ESTIMATORS, POLICY_LOSSES, is_weight_metrics, masked_mean, truncated_is_weights
 from rlhf_ray.batch import Batch
 from rlhf_ray.models.forward import response_logprobs
 from rlhf_ray.models.wire import to_wire
@@ -39,8 +39,13 @@ class PolicyLearner(DeepSpeedWorker):
             mask = mb["response_mask"]
             need_entropy = ppo.entropy_coef > 0
             logp, entropy = response_logprobs(self.engine, mb, self.cfg.rollout.temperature, with_entropy=True)
-            loss, metrics = policy_loss(logp, mb["old_logprobs"], mb["advantages"], mask,
-                                        clip_eps=ppo.clip_eps, clip_eps_high=ppo.clip_eps_high, agg=ppo.loss_agg)
+            weights = None
+            if ppo.tis_cap is not None and "rollout_logprobs" in mb:  # the engine's policy may lag π_old
+                weights = truncated_is_weights(mb["old_logprobs"], mb["rollout_logprobs"], ppo.tis_cap)
+            loss, metrics = policy_loss(logp, mb["old_logprobs"], mb["advantages"], mask, clip_eps=ppo.clip_eps,
+                                        clip_eps_high=ppo.clip_eps_high, agg=ppo.loss_agg, is_weights=weights)
+            if weights is not None:
+                metrics.update(is_weight_metrics(mb["old_logprobs"], mb["rollout_logprobs"], ppo.tis_cap, mask))
             ent = masked_mean(entropy, mask)
             if need_entropy:
                 loss = loss - ppo.entropy_coef * ent

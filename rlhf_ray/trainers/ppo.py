@@ -33,6 +33,7 @@ class PPOTrainer(OnlineController):
         k = cfg.ppo.kl
         self.kl_ctl = AdaptiveKLController(k.coef, k.target, k.horizon) if k.target else FixedKLController(k.coef)
         self.tracker = Tracker(cfg, self.run_dir, run_name=self.run_id)
+        self.rollouts = RolloutQueue(self)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
@@ -88,10 +89,10 @@ class PPOTrainer(OnlineController):
         ppo, timer = self.cfg.ppo, StageTimer()
         start = time.perf_counter()
         with timer("generate"):  # the n samples of a prompt are consecutive rows from here on
-            rows = self.sample_rows(ppo.prompts_per_step_global, ppo.samples_per_prompt)
-            prompts = [self.train_set.ids[i] for i in rows]
-            gen = self.recovering("generate", lambda: self.generate(prompts, greedy=False, seed=step * 1_000_003))
+            rows, prompts, gen = self.rollouts.take(step)
             batch = build_batch(prompts, gen["response_ids"], self.tokenizer.pad_token_id, gen["logprobs"])
+            if ppo.async_rollout and step < self.cfg.trainer.total_steps:
+                self.rollouts.start(step + 1)  # runs while this step scores and trains (one step off-policy)
         with timer("score"):
             scores = self.recovering("score", lambda: self._score_passes(batch, rows, gen))
         with timer("advantages"):
@@ -103,16 +104,24 @@ class PPOTrainer(OnlineController):
                 self.cfg, scores, token_rewards, seq_kl, mask, beta, batch.get("old_values"))
         with timer("update"):  # learner and critic train side by side; β reaches the loss when placement=loss
             pol_m, crit_m = self.recovering("update", lambda: self._update(batch, beta))
+        with timer("generate_wait"):  # new weights must not land in the middle of a batch
+            self.rollouts.wait()
         with timer("sync"):
             sync = self.recovering("sync", lambda: self.sync_weights(step))
         self.kl_ctl.update(float(seq_kl.mean()), len(rows))
         metrics = {**mean_dicts(pol_m), **mean_dicts(crit_m), **sync, **timer.seconds}
         metrics.update(self._sample_metrics(batch, scores, kl, seq_kl, gen, beta))
         metrics.update(group_metrics(scores, ppo.samples_per_prompt))
+        metrics["offpolicy/staleness"] = float(step - 1 - min(gen["versions"]))
+        metrics["time/generate_busy"] = gen["seconds_total"]
         metrics["time/step"] = time.perf_counter() - start
         metrics["throughput/samples_per_s"] = len(rows) / metrics["time/step"]
         metrics["throughput/gen_tokens_per_s"] = float(batch["response_lengths"].sum()) / metrics["time/generate"]
         return metrics
+
+    def shutdown(self) -> None:
+        self.rollouts.close()
+        super().shutdown()
 
     def _update(self, batch: Batch, beta: float):
         pol = self.learner.map_batch("train_ppo", batch, beta)
@@ -148,6 +157,62 @@ class PPOTrainer(OnlineController):
             "check/logprob_gap_mean": float(masked_mean(gap, mask)),
             "check/logprob_gap_max": float((gap * mask).max()),
         }
+
+
+class RolloutQueue:
+    """Each step's prompts and their generations. Synchronous: generated when the step asks.
+    Asynchronous (ppo.async_rollout): step n+1's are generated on a controller thread while step n
+    scores and trains, with the weights the engines hold then (one update behind the learner).
+
+    Rows and seeds are drawn in step order either way, so both modes sample the same prompts with
+    the same seeds; only the weights that answer them differ."""
+
+    def __init__(self, trainer: "PPOTrainer"):
+        self.trainer = trainer
+        self.pending = None  # (step, rows, prompts, future)
+        self.pool = None
+
+    def _draw(self, step: int):
+        ppo = self.trainer.cfg.ppo
+        rows = self.trainer.sample_rows(ppo.prompts_per_step_global, ppo.samples_per_prompt)
+        return rows, [self.trainer.train_set.ids[i] for i in rows]
+
+    def _generate(self, prompts, step: int) -> dict:
+        start = time.perf_counter()
+        gen = self.trainer.generate(prompts, greedy=False, seed=step * 1_000_003)
+        gen["seconds_total"] = time.perf_counter() - start
+        return gen
+
+    def start(self, step: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = self.pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout")
+        rows, prompts = self._draw(step)
+        self.pending = (step, rows, prompts, self.pool.submit(self._generate, prompts, step))
+
+    def wait(self) -> None:
+        """Until the generation in flight (if any) has finished; its errors surface in take()."""
+        if self.pending is not None:
+            self.pending[3].exception()
+
+    def take(self, step: int):
+        """(rows, prompts, generation) of ``step``. A generation that failed (an engine died) is
+        run again under the controller's actor recovery; one started before a restore to an
+        earlier step is dropped, since the sampler went back with the checkpoint."""
+        pending, self.pending = self.pending, None
+        if pending is not None and pending[0] == step:
+            _, rows, prompts, future = pending
+            if future.exception() is None:
+                return rows, prompts, future.result()
+        else:
+            if pending is not None:
+                pending[3].exception()
+            rows, prompts = self._draw(step)
+        return rows, prompts, self.trainer.recovering("generate", lambda: self._generate(prompts, step))
+
+    def close(self) -> None:
+        if self.pool is not None:  # actors are killed next, which ends a generation in flight
+            self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def run(cfg: Config) -> dict:
