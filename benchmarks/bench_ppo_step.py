@@ -133,7 +133,7 @@ def main() -> None:
         from ppo_single_process import run_single_process
 
         single = run_single_process(cfg, args.steps, args.warmup)
-        ours, theirs = mean(rows, "wall"), sum(r["step"] for r in single) / len(single)
+        ours, theirs = mean(rows, "wall"), mean(single, "time/step")
         print(table([{"loop": "rlhf_ray (Ray actors)", "step s": ours, "ratio": ours / theirs},
                      {"loop": "single process, no Ray", "step s": theirs, "ratio": 1.0}],
                     "PPO step time against a single-process loop (target ratio ≤ 1.05)"))

@@ -75,10 +75,53 @@ def select(batch: Batch, index: torch.Tensor) -> Batch:
     return {k: v[index] for k, v in batch.items()}
 
 
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "position_ids")
+
+
 def micro_batches(batch: Batch, size: int):
+    """Consecutive slices of ``size`` rows, each without the columns that are padding in all its rows."""
     n = batch_size(batch)
     for start in range(0, n, size):
-        yield {k: v[start:start + size] for k, v in batch.items()}
+        yield trim_padding({k: v[start:start + size] for k, v in batch.items()})
+
+
+def trim_padding(batch: Batch) -> Batch:
+    """The same rows without the prompt columns left of the longest prompt and the response columns
+    right of the longest response. A micro-batch cut from a large batch is padded to the whole
+    batch's longest sequence; every forward pass would pay for those columns. Response-wide tensors
+    ([B, R]) are cut to the new R; results computed on them are padded back by the caller."""
+    if "prompt_lengths" not in batch:
+        return batch
+    R = batch["response_ids"].shape[1]
+    P = batch["input_ids"].shape[1] - R
+    p, r = int(batch["prompt_lengths"].max()), max(int(batch["response_lengths"].max()), 1)
+    if p == P and r == R:
+        return batch
+    out = {}
+    for k, v in batch.items():
+        if k in SEQUENCE_KEYS:
+            out[k] = v[:, P - p:P + r]
+        elif v.dim() >= 2 and v.shape[1] == R:
+            out[k] = v[:, :r]
+        else:
+            out[k] = v
+    return out
+
+
+def map_micro_batches(batch: Batch, size: int, fn, per_token: bool) -> torch.Tensor:
+    """``fn(micro_batch) -> Tensor`` over the rows sorted by length, so each micro-batch holds
+    sequences of similar length and trimming leaves little padding; results come back in the
+    batch's row order (per-token results padded back to the batch's response width)."""
+    order = torch.argsort(batch["prompt_lengths"] + batch["response_lengths"], stable=True)
+    width = batch["response_ids"].shape[1]
+    outs = []
+    for mb in micro_batches(select(batch, order), size):
+        y = fn(mb).cpu()
+        outs.append(torch.nn.functional.pad(y, (0, width - y.shape[1])) if per_token else y)
+    out = torch.cat(outs)
+    result = torch.empty_like(out)
+    result[order] = out
+    return result
 
 
 def split_list(items: Sequence, n: int) -> list[list]:

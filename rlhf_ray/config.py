@@ -33,7 +33,7 @@ class RoleResources(_Strict):
     num_actors: int = Field(1, ge=1, description="How many Ray actors this role runs.")
     num_cpus_per_actor: float = Field(0.5, ge=0, description="Logical CPUs Ray reserves for each actor.")
     num_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs Ray reserves for each actor (fractions share a GPU).")
-    torch_threads: int = Field(0, ge=0, description="torch intra-op threads in each actor; 0 = all cores of the node.")
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads in each actor; 0 = Ray's default (OMP_NUM_THREADS = num_cpus_per_actor rounded, at least 1).")
 
 
 class TrainableRole(RoleResources):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rlhf_ray.batch import build_batch, concat_batches, split_batch, split_list
+from rlhf_ray.batch import build_batch, concat_batches, map_micro_batches, split_batch, split_list, trim_padding
 from rlhf_ray.prompts import PromptSampler
 
 EOS = 2  # also the pad id, as in SmolLM2
@@ -50,3 +50,43 @@ def test_prompt_sampler_resumes_where_it_stopped():
     b.load_state_dict(state)
     assert b.next(6) == rest
     assert sorted(first + rest[:2]) == list(range(7))  # one epoch covers every prompt once
+
+
+def _ragged_batch():
+    prompts = [[5, 6], [7], [8, 9, 10, 11, 12], [13]]
+    responses = [[1, 2, 3], [4], [5, 6], [7, 8, 9, 10, 11, 12]]
+    return build_batch(prompts, responses, pad_id=0)
+
+
+def test_trim_padding_drops_only_columns_padded_in_every_row():
+    batch = _ragged_batch()
+    mb = trim_padding({k: v[:2] for k, v in batch.items()})  # prompts ≤ 2, responses ≤ 3 tokens
+    assert mb["input_ids"].tolist() == [[5, 6, 1, 2, 3], [0, 7, 4, 0, 0]]
+    assert mb["response_ids"].tolist() == [[1, 2, 3], [4, 0, 0]]
+    assert mb["response_mask"].shape == (2, 3) and mb["prompt_lengths"].tolist() == [2, 1]
+    assert mb["position_ids"].tolist()[1][1:3] == [0, 1]
+    assert trim_padding(batch)["input_ids"] is batch["input_ids"]  # nothing to drop
+
+
+def test_map_micro_batches_returns_rows_in_order_at_full_width():
+    batch = _ragged_batch()
+    per_token = map_micro_batches(batch, 2, lambda mb: mb["response_ids"] * mb["response_mask"], per_token=True)
+    assert torch.equal(per_token, batch["response_ids"] * batch["response_mask"])
+    widths = []
+    per_row = map_micro_batches(batch, 2, lambda mb: widths.append(mb["input_ids"].shape[1]) or mb["prompt_lengths"],
+                                per_token=False)
+    assert per_row.tolist() == [2, 1, 5, 1]
+    assert sum(widths) < 2 * batch["input_ids"].shape[1]  # sorted by length: far less padding
+
+
+def test_trimmed_micro_batches_give_the_full_batch_logprobs(tiny_policy):
+    from rlhf_ray.models.forward import response_logprobs
+    from rlhf_ray.models.loading import load_causal_lm
+
+    model = load_causal_lm(tiny_policy, torch.float32).eval()
+    batch = _ragged_batch()
+    with torch.no_grad():
+        full, _ = response_logprobs(model, batch)
+        parts = map_micro_batches(batch, 2, lambda mb: response_logprobs(model, mb)[0], per_token=True)
+    mask = batch["response_mask"].bool()
+    torch.testing.assert_close(parts[mask], full[mask], atol=1e-5, rtol=0)

@@ -8,8 +8,17 @@ import torch
 
 from rlhf_ray.algos import VALUE_LOSSES
 from rlhf_ray.batch import Batch
+from rlhf_ray.config import PPOConfig
 from rlhf_ray.models.forward import ValueModel, response_values
 from rlhf_ray.roles.ds_worker import DeepSpeedWorker
+
+
+def value_objective(ppo: PPOConfig, values: torch.Tensor, mb: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    """The critic's clipped value loss on one micro-batch, scaled by ppo.value_loss_coef."""
+    loss, metrics = VALUE_LOSSES.get("clipped")(values, mb["old_values"], mb["returns"], mb["response_mask"],
+                                                clip_eps=ppo.value_clip_eps)
+    metrics["value_loss"] = loss.item()
+    return ppo.value_loss_coef * loss, metrics
 
 
 class Critic(DeepSpeedWorker):
@@ -20,19 +29,14 @@ class Critic(DeepSpeedWorker):
         return sum(p.numel() for p in self.module.parameters())
 
     def compute_values(self, batch: Batch) -> torch.Tensor:
-        return self._forward_eval(batch, lambda mb: response_values(self.engine, mb))
+        return self._forward_eval(batch, lambda mb: response_values(self.engine, mb), per_token=True)
 
     def train_values(self, batch: Batch) -> dict[str, float]:
         """Value epochs on this rank's shard; needs old_values and returns."""
         ppo = self.cfg.ppo
-        value_loss = VALUE_LOSSES.get("clipped")
 
         def loss_fn(mb: Batch):
-            values = response_values(self.engine, mb)
-            loss, metrics = value_loss(values, mb["old_values"], mb["returns"], mb["response_mask"],
-                                       clip_eps=ppo.value_clip_eps)
-            metrics["value_loss"] = loss.item()
-            return ppo.value_loss_coef * loss, metrics
+            return value_objective(ppo, response_values(self.engine, mb), mb)
 
         start = time.perf_counter()
         metrics = self._train_epochs(batch, loss_fn, ppo.epochs)

@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from rlhf_ray.batch import Batch, batch_size, micro_batches, select
+from rlhf_ray.batch import Batch, batch_size, map_micro_batches, micro_batches, select
 from rlhf_ray.config import Config, TrainableRole
 from rlhf_ray.roles.base import Worker, free_port
 
@@ -114,10 +114,9 @@ class DeepSpeedWorker(Worker):
     _updates = 0
 
     @torch.no_grad()
-    def _forward_eval(self, batch: Batch, fn) -> torch.Tensor:
+    def _forward_eval(self, batch: Batch, fn, per_token: bool = False) -> torch.Tensor:
         self.engine.eval()
-        micro = self.role_cfg.micro_batch_samples_per_actor
-        return torch.cat([fn(mb).cpu() for mb in micro_batches(batch, micro)])
+        return map_micro_batches(batch, self.role_cfg.micro_batch_samples_per_actor, fn, per_token)
 
     # -- offline methods: one optimiser step per call
     def _train_step(self, batch: Batch, loss_fn, rows_per_unit: int = 1) -> dict[str, float]:

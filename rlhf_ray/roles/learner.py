@@ -9,9 +9,34 @@ import torch
 
 from rlhf_ray.algos import KL_ESTIMATORS, POLICY_LOSSES, is_weight_metrics, masked_mean, truncated_is_weights
 from rlhf_ray.batch import Batch
+from rlhf_ray.config import PPOConfig
 from rlhf_ray.models.forward import response_logprobs
 from rlhf_ray.models.wire import to_wire
 from rlhf_ray.roles.ds_worker import DeepSpeedWorker
+
+
+def ppo_objective(ppo: PPOConfig, logp: torch.Tensor, entropy: torch.Tensor, mb: Batch,
+                  kl_coef: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """The policy's PPO loss on one micro-batch: clipped surrogate (weighted by truncated IS
+    weights when the rollout's log-probs came with the batch), minus the entropy bonus, plus β·KL
+    to the reference when ppo.kl.placement=loss."""
+    mask = mb["response_mask"]
+    weights = None
+    if ppo.tis_cap is not None and "rollout_logprobs" in mb:  # the engine's policy may lag π_old
+        weights = truncated_is_weights(mb["old_logprobs"], mb["rollout_logprobs"], ppo.tis_cap)
+    loss, metrics = POLICY_LOSSES.get("ppo")(logp, mb["old_logprobs"], mb["advantages"], mask, clip_eps=ppo.clip_eps,
+                                             clip_eps_high=ppo.clip_eps_high, agg=ppo.loss_agg, is_weights=weights)
+    if weights is not None:
+        metrics.update(is_weight_metrics(mb["old_logprobs"], mb["rollout_logprobs"], ppo.tis_cap, mask))
+    ent = masked_mean(entropy, mask)
+    if ppo.entropy_coef > 0:
+        loss = loss - ppo.entropy_coef * ent
+    if ppo.kl.placement == "loss" and kl_coef > 0:
+        kl = masked_mean(KL_ESTIMATORS.get(ppo.kl.estimator)(logp, mb["ref_logprobs"]), mask)
+        loss = loss + kl_coef * kl
+        metrics["kl_loss"] = kl.item()
+    metrics.update(policy_loss=loss.item(), entropy=ent.item())
+    return loss, metrics
 
 
 class PolicyLearner(DeepSpeedWorker):
@@ -25,36 +50,16 @@ class PolicyLearner(DeepSpeedWorker):
 
     def compute_logprobs(self, batch: Batch) -> torch.Tensor:
         t = self.cfg.rollout.temperature
-        return self._forward_eval(batch, lambda mb: response_logprobs(self.engine, mb, t)[0])
+        return self._forward_eval(batch, lambda mb: response_logprobs(self.engine, mb, t)[0], per_token=True)
 
     def train_ppo(self, batch: Batch, kl_coef: float) -> dict[str, float]:
         """PPO epochs on this rank's shard. Needs old_logprobs and advantages (and ref_logprobs
         when the KL penalty sits in the loss)."""
-        ppo = self.cfg.ppo
-        policy_loss = POLICY_LOSSES.get("ppo")
-        kl_in_loss = ppo.kl.placement == "loss" and kl_coef > 0
-        kl_fn = KL_ESTIMATORS.get(ppo.kl.estimator)
+        ppo, temperature = self.cfg.ppo, self.cfg.rollout.temperature
 
         def loss_fn(mb: Batch):
-            mask = mb["response_mask"]
-            need_entropy = ppo.entropy_coef > 0
-            logp, entropy = response_logprobs(self.engine, mb, self.cfg.rollout.temperature, with_entropy=True)
-            weights = None
-            if ppo.tis_cap is not None and "rollout_logprobs" in mb:  # the engine's policy may lag π_old
-                weights = truncated_is_weights(mb["old_logprobs"], mb["rollout_logprobs"], ppo.tis_cap)
-            loss, metrics = policy_loss(logp, mb["old_logprobs"], mb["advantages"], mask, clip_eps=ppo.clip_eps,
-                                        clip_eps_high=ppo.clip_eps_high, agg=ppo.loss_agg, is_weights=weights)
-            if weights is not None:
-                metrics.update(is_weight_metrics(mb["old_logprobs"], mb["rollout_logprobs"], ppo.tis_cap, mask))
-            ent = masked_mean(entropy, mask)
-            if need_entropy:
-                loss = loss - ppo.entropy_coef * ent
-            if kl_in_loss:
-                kl = masked_mean(kl_fn(logp, mb["ref_logprobs"]), mask)
-                loss = loss + kl_coef * kl
-                metrics["kl_loss"] = kl.item()
-            metrics.update(policy_loss=loss.item(), entropy=ent.item())
-            return loss, metrics
+            logp, entropy = response_logprobs(self.engine, mb, temperature, with_entropy=True)
+            return ppo_objective(ppo, logp, entropy, mb, kl_coef)
 
         start = time.perf_counter()
         metrics = self._train_epochs(batch, loss_fn, ppo.epochs)

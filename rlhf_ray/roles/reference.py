@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rlhf_ray.batch import Batch, micro_batches
+from rlhf_ray.batch import Batch, map_micro_batches
 from rlhf_ray.models.forward import response_logprobs
 from rlhf_ray.roles.base import Worker
 
@@ -23,7 +23,7 @@ class Reference(Worker):
     def compute_logprobs(self, batch: Batch) -> torch.Tensor:
         t = self.cfg.rollout.temperature
         micro = self.cfg.reference.micro_batch_samples_per_actor
-        return torch.cat([response_logprobs(self.model, mb, t)[0].cpu() for mb in micro_batches(batch, micro)])
+        return map_micro_batches(batch, micro, lambda mb: response_logprobs(self.model, mb, t)[0], per_token=True)
 
     @torch.no_grad()
     def compute_sequence_logprobs(self, batch: Batch) -> torch.Tensor:
@@ -31,4 +31,4 @@ class Reference(Worker):
         from rlhf_ray.models.forward import sequence_logprobs
 
         micro = self.cfg.reference.micro_batch_samples_per_actor
-        return torch.cat([sequence_logprobs(self.model, mb).cpu() for mb in micro_batches(batch, micro)])
+        return map_micro_batches(batch, micro, lambda mb: sequence_logprobs(self.model, mb), per_token=False)

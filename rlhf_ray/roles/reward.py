@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from rlhf_ray.batch import Batch, micro_batches
+from rlhf_ray.batch import Batch, map_micro_batches
 from rlhf_ray.models.forward import sequence_scores
 from rlhf_ray.roles.base import Worker
 
@@ -72,5 +72,5 @@ class Reward(Worker):
         if rc.kind == "http":  # the client has checked count and finiteness, naming the URL
             return torch.tensor(self.client.score(prompts, responses, answers), dtype=torch.float32)
         micro = rc.micro_batch_samples_per_actor
-        scores = torch.cat([sequence_scores(self.model, mb).cpu() for mb in micro_batches(batch, micro)])
+        scores = map_micro_batches(batch, micro, lambda mb: sequence_scores(self.model, mb), per_token=False)
         return check_scores(scores.tolist(), len(responses), "reward model")

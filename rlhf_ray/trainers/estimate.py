@@ -48,6 +48,20 @@ def estimate_advantages(cfg: Config, scores: Tensor, token_rewards: Tensor, seq_
     return adv, returns
 
 
+def penalize_and_estimate(cfg: Config, batch: dict[str, Tensor], scores: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+    """KL-penalised token rewards (β·KL leaves the reward when ppo.kl.placement=reward), then
+    advantages and returns into ``batch``. Returns the per-token KL and its sum per sequence."""
+    from rlhf_ray.algos import kl_penalized_rewards
+
+    ppo, mask = cfg.ppo, batch["response_mask"]
+    token_rewards, kl = kl_penalized_rewards(scores, batch["old_logprobs"], batch["ref_logprobs"], mask,
+                                             beta if ppo.kl.placement == "reward" else 0.0, ppo.kl.estimator)
+    seq_kl = (kl * mask).sum(-1)
+    batch["advantages"], batch["returns"] = estimate_advantages(cfg, scores, token_rewards, seq_kl, mask, beta,
+                                                                batch.get("old_values"))
+    return kl, seq_kl
+
+
 def group_metrics(scores: Tensor, group_size: int) -> dict[str, float]:
     """Statistics of each prompt's n samples (consecutive rows). A group whose scores are all equal
     gives GRPO/RLOO zero advantage: ``zero_signal_frac`` is the share of prompts that taught nothing."""

@@ -15,12 +15,12 @@ import time
 
 from tqdm import tqdm
 
-from rlhf_ray.algos import AdaptiveKLController, FixedKLController, kl_penalized_rewards
+from rlhf_ray.algos import AdaptiveKLController, FixedKLController
 from rlhf_ray.algos.masked import masked_mean, masked_var
 from rlhf_ray.batch import Batch, build_batch
 from rlhf_ray.config import Config
 from rlhf_ray.tracking import StageTimer, Tracker
-from rlhf_ray.trainers.estimate import estimate_advantages, group_metrics
+from rlhf_ray.trainers.estimate import group_metrics, penalize_and_estimate
 from rlhf_ray.trainers.online import OnlineController, TrainableLost, mean_dicts
 from rlhf_ray.trainers.session import fit_and_shut_down
 
@@ -96,12 +96,8 @@ class PPOTrainer(OnlineController):
         with timer("score"):
             scores = self.recovering("score", lambda: self._score_passes(batch, rows, gen))
         with timer("advantages"):
-            mask, beta = batch["response_mask"], self.kl_ctl.value
-            token_rewards, kl = kl_penalized_rewards(scores, batch["old_logprobs"], batch["ref_logprobs"], mask,
-                                                     beta if ppo.kl.placement == "reward" else 0.0, ppo.kl.estimator)
-            seq_kl = (kl * mask).sum(-1)
-            batch["advantages"], batch["returns"] = estimate_advantages(
-                self.cfg, scores, token_rewards, seq_kl, mask, beta, batch.get("old_values"))
+            beta = self.kl_ctl.value
+            kl, seq_kl = penalize_and_estimate(self.cfg, batch, scores, beta)
         with timer("update"):  # learner and critic train side by side; β reaches the loss when placement=loss
             pol_m, crit_m = self.recovering("update", lambda: self._update(batch, beta))
         with timer("generate_wait"):  # new weights must not land in the middle of a batch
