@@ -65,7 +65,7 @@ class Reward(Worker):
         return sum(p.numel() for p in self.model.parameters())
 
     @torch.no_grad()
-    def score(self, batch: Batch, prompts: list[str], responses: list[str], answers: list[str]) -> torch.Tensor:
+    def score(self, batch: Batch | None, prompts: list[str], responses: list[str], answers: list[str]) -> torch.Tensor:
         rc = self.cfg.reward
         if rc.kind == "rule":
             return check_scores(self.fn(prompts, responses, answers), len(responses), f"reward.function {rc.function}")

@@ -116,7 +116,9 @@ class OnlineController:
         """Reward refs, one per reward actor, for the samples split evenly across them (in order)."""
         n = self.reward.size
         prompts, answers = [r["prompt"] for r in rows], [r["answer"] for r in rows]
-        shards = zip(self.reward.actors, split_batch(batch, n), split_list(prompts, n), split_list(texts, n),
+        # Only a reward model reads tokens; a rule or a remote service gets the texts alone.
+        batches = split_batch(batch, n) if self.cfg.reward.kind == "model" else [None] * n
+        shards = zip(self.reward.actors, batches, split_list(prompts, n), split_list(texts, n),
                      split_list(answers, n))
         return [a.score.remote(b, p, t, ans) for a, b, p, t, ans in shards]
 
