@@ -25,7 +25,7 @@ from common import machine, table  # noqa: E402
 
 ROLE_OF_CLASS = {"Rollout": "rollout", "PolicyLearner": "learner", "Critic": "critic", "Reference": "reference",
                  "Reward": "reward"}
-STAGES = ("generate", "score", "advantages", "update", "sync")
+STAGES = ("generate", "score", "advantages", "update", "generate_wait", "sync", "critic_wait")
 
 
 def union_seconds(spans: list[tuple[float, float]]) -> float:

@@ -99,11 +99,15 @@ class PPOTrainer(OnlineController):
             beta = self.kl_ctl.value
             kl, seq_kl = penalize_and_estimate(self.cfg, batch, scores, beta)
         with timer("update"):  # learner and critic train side by side; β reaches the loss when placement=loss
-            pol_m, crit_m = self.recovering("update", lambda: self._update(batch, beta))
+            crit = self.critic.map_batch("train_values", batch) if self.critic else []
+            pol_m = self.recovering("update", lambda: self.learner.get(
+                self.learner.map_batch("train_ppo", batch, beta), "policy update"))
         with timer("generate_wait"):  # new weights must not land in the middle of a batch
             self.rollouts.wait()
-        with timer("sync"):
+        with timer("sync"):  # while the critic may still be training: it needs nothing the sync changes
             sync = self.recovering("sync", lambda: self.sync_weights(step))
+        with timer("critic_wait"):
+            crit_m = self.recovering("update", lambda: self.critic.get(crit, "value update")) if crit else []
         self.kl_ctl.update(float(seq_kl.mean()), len(rows))
         metrics = {**mean_dicts(pol_m), **mean_dicts(crit_m), **sync, **timer.seconds}
         metrics.update(self._sample_metrics(batch, scores, kl, seq_kl, gen, beta))
@@ -118,11 +122,6 @@ class PPOTrainer(OnlineController):
     def shutdown(self) -> None:
         self.rollouts.close()
         super().shutdown()
-
-    def _update(self, batch: Batch, beta: float):
-        pol = self.learner.map_batch("train_ppo", batch, beta)
-        crit = self.critic.map_batch("train_values", batch) if self.critic else []
-        return self.learner.get(pol, "policy update"), self.critic.get(crit, "value update") if crit else []
 
     def _score_passes(self, batch: Batch, rows: list[int], gen: dict):
         """Reference log-probs, π_old log-probs, values and rewards: independent, all in flight at once.
