@@ -28,6 +28,29 @@ def in_process_copy_bytes_per_s(model, repeats: int = 3) -> float:
     return nbytes / best
 
 
+def object_store_round_trip(model, repeats: int = 3) -> list[dict]:
+    """ray.put on one side, ray.get on the other, of the same weights: as pickled torch tensors (how
+    they travelled before rlhf_ray.models.wire) and as numpy views (now). Best of ``repeats``."""
+    import ray
+
+    from rlhf_ray.models.wire import to_wire, unpack
+
+    named = [(n, p.detach()) for n, p in model.named_parameters()]
+    nbytes = sum(t.numel() * t.element_size() for _, t in named)
+    forms = {"torch tensors (before)": lambda: [(n, t.clone()) for n, t in named],
+             "numpy views (now)": lambda: [(n, *to_wire(t)) for n, t in named]}
+    rows = []
+    for label, make in forms.items():
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            got = unpack(ray.get(ray.put(make())))
+            best = min(best, time.perf_counter() - start)
+            del got
+        rows.append({"payload": label, "seconds": best, "MB/s": nbytes / best / 1e6})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="smollm2")
@@ -45,8 +68,11 @@ def main() -> None:
     from rlhf_ray.trainers.session import resolve_model_path, start_local_ray
 
     path = resolve_model_path(args.model)
-    baseline = in_process_copy_bytes_per_s(load_causal_lm(path))
+    model = load_causal_lm(path)
+    baseline = in_process_copy_bytes_per_s(model)
     start_local_ray(num_cpus=8)
+    transport = object_store_round_trip(model)
+    del model
     rows = []
     for n in args.engines:
         cfg = load_config(overrides=[f"model.path={path}", f"rollout.num_actors={n}", "learner.num_actors=1",
@@ -73,6 +99,8 @@ def main() -> None:
     ray.shutdown()
     print(f"machine: {machine()}\nmodel: {path}\n")
     print(table(rows, "weight sync: learner → rollout engines vs in-process state-dict copy"))
+    print(table(transport, "object store round trip of the weights (put + get, one node; the torch row includes "
+                           "the clone that the learner used to make)"))
 
 
 if __name__ == "__main__":
