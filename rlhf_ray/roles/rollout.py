@@ -15,6 +15,9 @@ import torch
 from rlhf_ray.roles.base import Worker
 
 
+CPU_MAX_SEQS = 256  # requests decoded together on the CPU backend
+
+
 class Rollout(Worker):
     role = "rollout"
 
@@ -35,8 +38,13 @@ class Rollout(Worker):
         from rlhf_ray.models.loading import check_model_folder
 
         check_model_folder(model_path)
+        # vLLM rewinds a seeded request's generator when its prompt is prefilled in parts (chunked
+        # prefill), which CPU generators cannot do ("CPU Generator does not use offset"): on CPU the
+        # token budget of a step holds every running request's whole sequence, so none is split.
+        budget = {} if torch.cuda.is_available() else {"max_num_seqs": CPU_MAX_SEQS,
+                                                       "max_num_batched_tokens": CPU_MAX_SEQS * self.max_len}
         self.engine = LLM(model=model_path, dtype=mc.dtype, enforce_eager=True, seed=self.cfg.trainer.seed + self.rank,
-                          max_model_len=self.max_len, tensor_parallel_size=rc.tensor_parallel_size,
+                          max_model_len=self.max_len, tensor_parallel_size=rc.tensor_parallel_size, **budget,
                           gpu_memory_utilization=rc.gpu_memory_utilization,
                           enable_prefix_caching=rc.enable_prefix_caching, disable_log_stats=True,
                           # log-probs after temperature scaling, as the learner computes them
