@@ -208,25 +208,16 @@ class OnlineController:
         from pathlib import Path
 
         self._count_restart(str(lost), lost)
-        for role in lost.ranks:
-            g = self.groups[role]
-            g.respawn(list(range(g.size)))
-        print(f"[recover] {lost}; restarting {', '.join(lost.ranks)} and going back to "
+        # Without a checkpoint every trainable group goes back to the initial weights, not only the lost one.
+        restart = list(lost.ranks) if last_checkpoint else [r for r in TRAINABLE if r in self.groups]
+        for role in restart:
+            self.groups[role].respawn(list(range(self.groups[role].size)))
+        print(f"[recover] {lost}; restarting {', '.join(restart)} and going back to "
               f"{last_checkpoint or 'the start of the run (no checkpoint yet)'}", flush=True)
+        self._load_models(self.model_paths, restart)
         if last_checkpoint:
-            self._load_models(self.model_paths, list(lost.ranks))
             return self.restore_checkpoint(Path(last_checkpoint))
-        # No checkpoint: every trainable group starts again from the initial weights.
-        for role in TRAINABLE:
-            if role in self.groups and role not in lost.ranks:
-                self.groups[role].respawn(list(range(self.groups[role].size)))
-        self._load_models(self.model_paths, [r for r in TRAINABLE if r in self.groups])
-        state = self.initial_state
-        self.sampler.load_state_dict(state["sampler"])
-        set_rng_state(state["rng"])
-        self.sync_weights(0)
-        _truncate_metrics(self.run_dir / "metrics.jsonl", 0)
-        return state
+        return self._restore_controller(self.initial_state)
 
     def remember_initial_state(self, **extra) -> None:
         """What restore_trainables goes back to when a trainable rank dies before the first checkpoint."""
@@ -261,11 +252,16 @@ class OnlineController:
         for role, g in self.groups.items():
             if role in TRAINABLE:
                 g.get(g.call("load_state", str(path / role)), f"restore ({role})")
+        self._restore_controller(state)
+        print(f"[resume] from {path} at step {state['step']}", flush=True)
+        return state
+
+    def _restore_controller(self, state: dict) -> dict:
+        """Sampler, RNG and engine weights back to ``state``; metrics rows after its step dropped."""
         self.sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
         self.sync_weights(state["version"])
         _truncate_metrics(self.run_dir / "metrics.jsonl", state["step"])
-        print(f"[resume] from {path} at step {state['step']}", flush=True)
         return state
 
     def write_summary(self, history: dict[int, dict[str, float]]) -> dict:
