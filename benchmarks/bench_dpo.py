@@ -4,7 +4,8 @@ optimiser settings and threads.
 
     bash scripts/setup_bench_env.sh     # once: TRL goes into .venv-bench, never into .venv
     .venv/bin/python benchmarks/bench_dpo.py [--model smollm2] [--steps 40] [--warmup 3] [--pairs 4]
-        [--max-length 256] [--threads 2] [--reference per_step|precompute] [--contenders plain,rlhf_ray,trl]
+        [--max-length 256] [--threads 2] [--reference per_step|precompute] [--contenders plain,plain_keep_freed,rlhf_ray,trl]
+        [--set key=value ...]
 
 The HH pairs are tokenised once, by rlhf_ray's own offline data code, and the steps' batches drawn
 by its seeded sampler; every contender gets those ids in that order (rlhf_ray's trainer tokenises
@@ -31,12 +32,12 @@ from common import machine, table
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared/data/hh-rlhf/harmless_pairs.jsonl.gz"
 BENCH_PYTHON = REPO / ".venv-bench/bin/python"  # made by scripts/setup_bench_env.sh
-CONTENDERS = ("plain", "rlhf_ray", "trl")
+CONTENDERS = ("plain", "plain_keep_freed", "rlhf_ray", "trl")
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset of plain,rlhf_ray,trl")
+    p.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset of " + ",".join(CONTENDERS))
     p.add_argument("--model", default="smollm2", help="HF causal-LM folder, or smollm2")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="HH-RLHF pairs file (chosen/rejected dialogues)")
     p.add_argument("--steps", type=int, default=40, help="timed optimiser steps")
@@ -52,6 +53,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--peak-size", type=int, default=2048, help="side of the square fp32 matmul that measures peak")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra rlhf_ray config overrides, e.g. model.sequence_packing=off")
     p.add_argument("--logs", default=None, help="keep the spec and each contender's log and result in this folder")
     args = p.parse_args()
     args.micro = args.micro or args.pairs
@@ -75,7 +78,7 @@ def rlhf_ray_overrides(args, model: str) -> list[str]:
             f"reference.micro_batch_samples_per_actor={2 * args.micro}",  # rows: the learner's micro-batch
             f"learner.torch_threads={args.threads}", f"reference.torch_threads={args.threads}",
             f"trainer.seed={args.seed}", "ray.local_dashboard=false", "logging.wandb_mode=disabled",
-            "logging.progress_bar=false", "logging.ray_metrics=false"]
+            "logging.progress_bar=false", "logging.ray_metrics=false", *args.set]
 
 
 def make_spec(args) -> tuple[dict, list[int]]:
@@ -140,6 +143,10 @@ def run_contender(name: str, spec_path: str, work: str, threads: int) -> dict:
     result, log = os.path.join(work, f"{name}.json"), os.path.join(work, f"{name}.log")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    if name == "plain_keep_freed":  # the plain loop with the malloc settings rlhf_ray's CPU actors get
+        from rlhf_ray.groups import KEEP_FREED_MEMORY
+
+        env.update(KEEP_FREED_MEMORY)
     start = time.perf_counter()
     with open(log, "w") as out:
         rc = subprocess.run([python, str(REPO / "benchmarks/dpo_contenders.py"), name, spec_path, result],

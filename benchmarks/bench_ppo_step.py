@@ -7,10 +7,11 @@ the rest of the step's wall time is orchestration (scheduling, argument transfer
 the controller's own bookkeeping). Argument (de)serialisation inside actors is reported beside it.
 
     .venv/bin/python benchmarks/bench_ppo_step.py [--config configs/ppo_arithmetic.yaml] [--steps 3]
-        [--warmup 1] [--single-process] [key=value ...]
+        [--warmup 1] [--single-process [--keep-freed]] [key=value ...]
 
 ``--single-process`` also runs benchmarks/ppo_single_process.py's loop (same models, batch and
-maths in one process, no Ray) and prints the step-time ratio (target ≤ 1.05).
+maths in one process, no Ray) and prints the step-time ratio (target ≤ 1.05); ``--keep-freed`` gives
+that loop the malloc settings rlhf_ray's CPU actors run with (`ray.cpu_malloc_keep_freed`).
 """
 
 from __future__ import annotations
@@ -110,8 +111,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--single-process", action="store_true")
+    parser.add_argument("--keep-freed", action="store_true",
+                        help="give the single-process loop the malloc settings of rlhf_ray's CPU actors "
+                             "(ray.cpu_malloc_keep_freed) by re-running this script with them")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    from rlhf_ray.groups import KEEP_FREED_MEMORY
+
+    if args.keep_freed and any(os.environ.get(k) != v for k, v in KEEP_FREED_MEMORY.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **KEEP_FREED_MEMORY})
+    malloc = "keep-freed" if all(os.environ.get(k) == v for k, v in KEEP_FREED_MEMORY.items()) else "glibc default"
 
     from rlhf_ray.config import load_config
 
@@ -137,6 +146,8 @@ def main() -> None:
         print(table([{"loop": "rlhf_ray (Ray actors)", "step s": ours, "ratio": ours / theirs},
                      {"loop": "single process, no Ray", "step s": theirs, "ratio": 1.0}],
                     "PPO step time against a single-process loop (target ratio ≤ 1.05)"))
+        print(f"single-process loop's malloc: {malloc} (rlhf_ray's CPU actors: "
+              f"{'keep-freed' if cfg.ray.cpu_malloc_keep_freed else 'glibc default'})")
 
 
 if __name__ == "__main__":

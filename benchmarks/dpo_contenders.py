@@ -184,7 +184,8 @@ def run_trl(spec: dict) -> dict:
             else None, "versions": {"trl": __import__("trl").__version__}}
 
 
-CONTENDERS = {"plain": run_plain, "rlhf_ray": run_rlhf_ray, "trl": run_trl}
+# plain_keep_freed: the plain loop, started by bench_dpo.py with rlhf_ray's CPU malloc settings.
+CONTENDERS = {"plain": run_plain, "plain_keep_freed": run_plain, "rlhf_ray": run_rlhf_ray, "trl": run_trl}
 
 if __name__ == "__main__":
     name, spec_path, result_path = sys.argv[1:4]

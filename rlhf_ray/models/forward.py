@@ -18,17 +18,30 @@ def _model_inputs(batch: Batch, device) -> dict:
     return {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids")}
 
 
-def response_logprobs(model: nn.Module, batch: Batch, temperature: float = 1.0,
-                      with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs [B, R] of the response tokens (and per-token entropy when asked)."""
+def response_logprobs(model: nn.Module, batch: Batch, temperature: float = 1.0, with_entropy: bool = False,
+                      pack: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs [B, R] of the response tokens (and per-token entropy when asked). With ``pack`` the
+    rows' real tokens share rows (rlhf_ray.models.packing); the results are the same, in [B, R]."""
     device = next(model.parameters()).device
-    r = batch["response_ids"].shape[1]
-    out = model(**_model_inputs(batch, device), use_cache=False, logits_to_keep=r + 1)
-    logits = out.logits[:, :-1].float()
+    if pack:
+        from rlhf_ray.models.packing import pack as pack_rows, packed_response_logits, unpack
+
+        layout = pack_rows(batch)
+        logits = packed_response_logits(model, layout, device).float()
+        targets = layout.targets.to(device)
+    else:
+        r = batch["response_ids"].shape[1]
+        logits = model(**_model_inputs(batch, device), use_cache=False, logits_to_keep=r + 1).logits[:, :-1].float()
+        targets = batch["response_ids"].to(device)
     if temperature != 1.0:
         logits = logits / temperature
-    logp = logprobs_from_logits(logits, batch["response_ids"].to(device))
-    return logp, (entropy_from_logits(logits) if with_entropy else None)
+    logp = logprobs_from_logits(logits, targets)
+    entropy = entropy_from_logits(logits) if with_entropy else None
+    if pack:
+        shape = tuple(batch["response_ids"].shape)
+        logp = unpack(logp, layout, shape)
+        entropy = unpack(entropy, layout, shape) if entropy is not None else None
+    return logp, entropy
 
 
 def last_token_index(batch: Batch) -> torch.Tensor:
@@ -73,6 +86,9 @@ class ValueModel(nn.Module):
     def gradient_checkpointing_enable(self):
         self.backbone.gradient_checkpointing_enable()
 
+    def get_input_embeddings(self) -> nn.Module:
+        return self.backbone.get_input_embeddings()
+
 
 def _score_weight(path: str) -> torch.Tensor | None:
     """The `score.weight` of a sequence-classification checkpoint, if the folder is one."""
@@ -88,9 +104,17 @@ def _score_weight(path: str) -> torch.Tensor | None:
     return None
 
 
-def response_values(model: ValueModel, batch: Batch) -> torch.Tensor:
-    """V(s_t) [B, R]: the value of the state before each response token."""
+def response_values(model: ValueModel, batch: Batch, pack: bool = False) -> torch.Tensor:
+    """V(s_t) [B, R]: the value of the state before each response token (packed rows with ``pack``)."""
     device = next(model.parameters()).device
+    if pack:
+        from rlhf_ray.models.packing import pack as pack_rows, unpack
+
+        layout = pack_rows(batch)
+        values = model(input_ids=layout.input_ids.to(device), attention_mask=None,
+                       position_ids=layout.position_ids.to(device))
+        picked = values[layout.src_bin.to(device), layout.src_col.to(device)].float()
+        return unpack(picked, layout, tuple(batch["response_ids"].shape))
     r = batch["response_ids"].shape[1]
     return model(**_model_inputs(batch, device))[:, -r - 1:-1].float()
 
@@ -109,12 +133,12 @@ def sequence_scores(model: nn.Module, batch: Batch) -> torch.Tensor:
     return model.score(last).squeeze(-1).float()
 
 
-def sequence_logprobs(model: nn.Module, batch: Batch) -> torch.Tensor:
+def sequence_logprobs(model: nn.Module, batch: Batch, pack: bool = False) -> torch.Tensor:
     """[B, 2]: each row's summed response log-prob (temperature 1) and its response token count.
 
     What offline preference losses consume; the counts travel along for length-normalised losses."""
     from rlhf_ray.algos.masked import masked_sum
 
-    logp, _ = response_logprobs(model, batch)
+    logp, _ = response_logprobs(model, batch, pack=pack)
     mask = batch["response_mask"].to(logp.device)
     return torch.stack([masked_sum(logp, mask, dim=-1), batch["response_lengths"].to(logp)], dim=-1)

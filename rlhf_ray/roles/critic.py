@@ -23,20 +23,25 @@ def value_objective(ppo: PPOConfig, values: torch.Tensor, mb: Batch) -> tuple[to
 
 class Critic(DeepSpeedWorker):
     role = "critic"
+    pack = False  # sequence packing, decided per model at init_model
 
     def init_model(self, model_path: str) -> int:
-        self._initialize(ValueModel.from_pretrained(model_path))
+        from rlhf_ray.models.packing import use_packing
+
+        model = ValueModel.from_pretrained(model_path)
+        self.pack = use_packing(model, self.cfg.model.sequence_packing, f"{self.role}-{self.rank}", response_values)
+        self._initialize(model)
         return sum(p.numel() for p in self.module.parameters())
 
     def compute_values(self, batch: Batch) -> torch.Tensor:
-        return self._forward_eval(batch, lambda mb: response_values(self.engine, mb), per_token=True)
+        return self._forward_eval(batch, lambda mb: response_values(self.engine, mb, self.pack), per_token=True)
 
     def train_values(self, batch: Batch) -> dict[str, float]:
         """Value epochs on this rank's shard; needs old_values and returns."""
         ppo = self.cfg.ppo
 
         def loss_fn(mb: Batch):
-            return value_objective(ppo, response_values(self.engine, mb), mb)
+            return value_objective(ppo, response_values(self.engine, mb, self.pack), mb)
 
         start = time.perf_counter()
         metrics = self._train_epochs(batch, loss_fn, ppo.epochs)

@@ -41,16 +41,22 @@ def ppo_objective(ppo: PPOConfig, logp: torch.Tensor, entropy: torch.Tensor, mb:
 
 class PolicyLearner(DeepSpeedWorker):
     role = "learner"
+    pack = False  # sequence packing, decided per model at init_model
 
     def init_model(self, model_path: str) -> int:
         from rlhf_ray.models.loading import load_causal_lm
 
-        self._initialize(load_causal_lm(model_path, torch.float32))
+        from rlhf_ray.models.packing import use_packing
+
+        model = load_causal_lm(model_path, torch.float32)
+        self.pack = use_packing(model, self.cfg.model.sequence_packing, f"{self.role}-{self.rank}")
+        self._initialize(model)
         return sum(p.numel() for p in self.module.parameters())
 
     def compute_logprobs(self, batch: Batch) -> torch.Tensor:
         t = self.cfg.rollout.temperature
-        return self._forward_eval(batch, lambda mb: response_logprobs(self.engine, mb, t)[0], per_token=True)
+        return self._forward_eval(batch, lambda mb: response_logprobs(self.engine, mb, t, pack=self.pack)[0],
+                                  per_token=True)
 
     def train_ppo(self, batch: Batch, kl_coef: float) -> dict[str, float]:
         """PPO epochs on this rank's shard. Needs old_logprobs and advantages (and ref_logprobs
@@ -58,7 +64,7 @@ class PolicyLearner(DeepSpeedWorker):
         ppo, temperature = self.cfg.ppo, self.cfg.rollout.temperature
 
         def loss_fn(mb: Batch):
-            logp, entropy = response_logprobs(self.engine, mb, temperature, with_entropy=True)
+            logp, entropy = response_logprobs(self.engine, mb, temperature, with_entropy=True, pack=self.pack)
             return ppo_objective(ppo, logp, entropy, mb, kl_coef)
 
         start = time.perf_counter()
@@ -72,7 +78,7 @@ class PolicyLearner(DeepSpeedWorker):
         from rlhf_ray.algos import sft_loss
 
         def loss_fn(mb: Batch):
-            logp, _ = response_logprobs(self.engine, mb)
+            logp, _ = response_logprobs(self.engine, mb, pack=self.pack)
             loss = sft_loss(logp, mb["response_mask"])
             return loss, {"sft_loss": loss.item()}
 
@@ -86,7 +92,7 @@ class PolicyLearner(DeepSpeedWorker):
         """[B, 2]: each row's summed response log-prob and response token count (no gradient)."""
         from rlhf_ray.models.forward import sequence_logprobs
 
-        return self._forward_eval(batch, lambda mb: sequence_logprobs(self.engine, mb))
+        return self._forward_eval(batch, lambda mb: sequence_logprobs(self.engine, mb, self.pack))
 
     def train_preference(self, batch: Batch) -> dict[str, float]:
         """One step of the preference loss ``cfg.algorithm`` (dpo/ipo/cdpo/simpo/orpo) on adjacent
@@ -95,7 +101,7 @@ class PolicyLearner(DeepSpeedWorker):
         from rlhf_ray.models.forward import sequence_logprobs
 
         def loss_fn(mb: Batch):
-            out = sequence_logprobs(self.engine, mb)
+            out = sequence_logprobs(self.engine, mb, self.pack)
             return preference_objective(self.cfg.algorithm, self.cfg.offline, out[:, 0], mb["response_lengths"],
                                         mb.get("ref_logps"))
 
@@ -111,12 +117,12 @@ class PolicyLearner(DeepSpeedWorker):
 
         n = batch["input_ids"].shape[0]
         mismatched = select(batch, torch.arange(1, n, 2))
-        policy_mm = self._forward_eval(mismatched, lambda mb: sequence_logprobs(self.engine, mb))[:, 0]
+        policy_mm = self._forward_eval(mismatched, lambda mb: sequence_logprobs(self.engine, mb, self.pack))[:, 0]
         z0 = kto_reference_point_distributed(policy_mm, mismatched["ref_logps"])
         matched = select(batch, torch.arange(0, n, 2))
 
         def loss_fn(mb: Batch):
-            logps = sequence_logprobs(self.engine, mb)[:, 0]
+            logps = sequence_logprobs(self.engine, mb, self.pack)[:, 0]
             return kto_objective(self.cfg.offline, logps, mb["ref_logps"], mb["labels"], z0)
 
         return self._offline_step(matched, loss_fn, rows_per_unit=1)

@@ -1,0 +1,160 @@
+"""Sequence packing: several sequences share a row, so a forward pass computes real tokens only.
+
+The padded layout (rlhf_ray.batch) gives every row the micro-batch's longest prompt and longest
+response; on HH-style data a third of those columns are padding. Packing lays each sequence's real
+tokens end to end in rows as long as the micro-batch's longest sequence (first-fit decreasing), with
+position ids restarting at 0 for every sequence and no attention mask: transformers then builds a
+block-diagonal causal mask from the position ids (sdpa/eager/flex) or runs varlen flash attention,
+so no token sees another sequence. Rows no longer than the longest sequence keep the attention cost
+at most the padded layout's.
+
+Not every model honours packed position ids (a custom attention, a model that ignores position ids),
+so `packing_matches` checks a model once, on two short sequences, against the padded forward.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from rlhf_ray.batch import Batch
+
+
+@dataclass
+class PackedLayout:
+    input_ids: torch.Tensor      # [bins, C]
+    position_ids: torch.Tensor   # [bins, C], restarting at 0 for every sequence (and for the tail)
+    src_bin: torch.Tensor        # [N]: where the hidden state predicting each response token sits
+    src_col: torch.Tensor        # [N]
+    targets: torch.Tensor        # [N]: the response token predicted there
+    dst_row: torch.Tensor        # [N]: where its log-prob goes in the padded [B, R] layout
+    dst_col: torch.Tensor        # [N]
+
+    @property
+    def tokens(self) -> int:
+        return self.input_ids.numel()
+
+
+def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Indices of ``lengths`` grouped into bins of total length <= capacity (longest first)."""
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for b, free in enumerate(room):
+            if lengths[i] <= free:
+                bins[b].append(i)
+                room[b] -= lengths[i]
+                break
+        else:
+            if lengths[i] > capacity:
+                raise ValueError(f"sequence of {lengths[i]} tokens does not fit a packed row of {capacity}")
+            bins.append([i])
+            room.append(capacity - lengths[i])
+    return bins
+
+
+def pack(batch: Batch, pad_id: int = 0) -> PackedLayout:
+    """The packed layout of a ``[left-padded prompt | right-padded response]`` batch."""
+    ids = batch["input_ids"]
+    R = batch["response_ids"].shape[1]
+    P = ids.shape[1] - R
+    p_len, r_len = batch["prompt_lengths"].tolist(), batch["response_lengths"].tolist()
+    if min(p_len) < 1:
+        raise ValueError("packing needs at least one prompt token per row (it predicts the first response token)")
+    lengths = [p + r for p, r in zip(p_len, r_len)]
+    capacity = max(lengths)
+    bins = first_fit_decreasing(lengths, capacity)
+    input_ids = torch.full((len(bins), capacity), pad_id, dtype=ids.dtype)
+    positions = torch.zeros((len(bins), capacity), dtype=torch.long)
+    src_bin, src_col, dst_row, dst_col = [], [], [], []
+    for b, rows in enumerate(bins):
+        offset = 0
+        for i in rows:
+            p, r, n = p_len[i], r_len[i], lengths[i]
+            input_ids[b, offset:offset + n] = ids[i, P - p:P + r]
+            positions[b, offset:offset + n] = torch.arange(n)
+            # Response token t is predicted by the hidden state one column before it.
+            src_bin.append(torch.full((r,), b))
+            src_col.append(torch.arange(offset + p - 1, offset + p - 1 + r))
+            dst_row.append(torch.full((r,), i))
+            dst_col.append(torch.arange(r))
+            offset += n
+        positions[b, offset:] = torch.arange(capacity - offset)  # the tail: a sequence of its own
+    cat = (lambda xs: torch.cat(xs)) if src_bin else (lambda xs: torch.zeros(0, dtype=torch.long))
+    dst_row_t, dst_col_t = cat(dst_row), cat(dst_col)
+    return PackedLayout(input_ids, positions, cat(src_bin), cat(src_col),
+                        batch["response_ids"][dst_row_t, dst_col_t], dst_row_t, dst_col_t)
+
+
+def packed_response_logits(model: nn.Module, layout: PackedLayout, device) -> torch.Tensor:
+    """Logits [N, V] at the positions predicting the response tokens, from one packed forward.
+
+    The model runs whole (through a DeepSpeed engine's forward when given one, so ZeRO-3's hooks
+    run as usual) with the LM head on one column; the backbone's last hidden state is caught on its
+    way out and only the N response positions go through the LM head."""
+    module = getattr(model, "module", model)  # a DeepSpeed engine's model, or the model itself
+    backbone = getattr(module, module.base_model_prefix)
+    caught = {}
+
+    def catch(_mod, _inputs, output):
+        caught["h"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
+
+    handle = backbone.register_forward_hook(catch)
+    try:
+        model(input_ids=layout.input_ids.to(device), position_ids=layout.position_ids.to(device),
+              attention_mask=None, use_cache=False, logits_to_keep=1)
+    finally:
+        handle.remove()
+    hidden = caught["h"][layout.src_bin.to(device), layout.src_col.to(device)]
+    return module.get_output_embeddings()(hidden)
+
+
+def unpack(values: torch.Tensor, layout: PackedLayout, shape: tuple[int, int]) -> torch.Tensor:
+    """Per-token values [N] back into the padded [B, R] layout (zeros elsewhere)."""
+    out = values.new_zeros(shape)
+    return out.index_put((layout.dst_row.to(values.device), layout.dst_col.to(values.device)), values)
+
+
+def packing_matches(model: nn.Module, forward=None, atol: float = 1e-3) -> tuple[bool, float]:
+    """Whether ``forward(model, batch, pack) -> [B, R]`` (default: response log-probs) gives the same
+    values packed as padded, on three short random sequences, two of them sharing a packed row (one
+    forward each way, no gradient). Returns (ok, max |diff|)."""
+    from rlhf_ray.batch import build_batch
+    from rlhf_ray.models.forward import response_logprobs
+
+    forward = forward or (lambda m, b, pack: response_logprobs(m, b, pack=pack)[0])
+    vocab = model.get_input_embeddings().num_embeddings
+    g = torch.Generator().manual_seed(0)
+    # lengths 8, 4, 4: the two short rows share the second packed row
+    prompts, responses = [[torch.randint(0, vocab, (n,), generator=g).tolist() for n in lens]
+                          for lens in ((5, 2, 1), (3, 2, 3))]
+    batch = build_batch(prompts, responses, pad_id=0)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            padded, packed = forward(model, batch, False), forward(model, batch, True)
+    finally:
+        model.train(was_training)
+    mask = batch["response_mask"].bool()
+    diff = float((padded - packed)[mask].abs().max())
+    return diff <= atol, diff
+
+
+def use_packing(model: nn.Module, setting: str, who: str, forward=None) -> bool:
+    """Resolves ``model.sequence_packing`` (auto/on/off) for one actor's model (``forward`` as in
+    `packing_matches`): auto packs when the check passes and warns when it does not; on raises."""
+    if setting == "off":
+        return False
+    ok, diff = packing_matches(model, forward)
+    if ok:
+        return True
+    msg = (f"{who}: model.sequence_packing={setting}, but {type(model).__name__} gives other log-probs packed than "
+           f"padded (max difference {diff:.3g}): it does not honour packed position ids")
+    if setting == "on":
+        raise ValueError(msg + "; set model.sequence_packing=off (or auto)")
+    logging.getLogger(__name__).warning("%s; packing is off for this model", msg)
+    return False
