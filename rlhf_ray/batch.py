@@ -108,14 +108,36 @@ def trim_padding(batch: Batch) -> Batch:
     return out
 
 
-def map_micro_batches(batch: Batch, size: int, fn, per_token: bool) -> torch.Tensor:
+def token_budget_bounds(prompt_lengths: list[int], response_lengths: list[int], max_tokens: int) -> list[int]:
+    """Cut points of consecutive micro-batches over length-sorted rows, each as many rows as fit
+    ``max_tokens`` counted as the trimmed micro-batch holds them: rows × (longest prompt + longest
+    response). A row longer than the budget goes alone."""
+    bounds, start, p_max, r_max = [0], 0, 0, 0
+    for i, (p, r) in enumerate(zip(prompt_lengths, response_lengths)):
+        np_, nr = max(p_max, p), max(r_max, max(r, 1))
+        if i > start and (i - start + 1) * (np_ + nr) > max_tokens:
+            bounds.append(i)
+            start, np_, nr = i, p, max(r, 1)
+        p_max, r_max = np_, nr
+    bounds.append(len(prompt_lengths))
+    return bounds
+
+
+def map_micro_batches(batch: Batch, size: int, fn, per_token: bool, max_tokens: int = 0) -> torch.Tensor:
     """``fn(micro_batch) -> Tensor`` over the rows sorted by length, so each micro-batch holds
     sequences of similar length and trimming leaves little padding; results come back in the
-    batch's row order (per-token results padded back to the batch's response width)."""
+    batch's row order (per-token results padded back to the batch's response width). Micro-batches
+    hold ``size`` rows, or with ``max_tokens`` as many rows as fit that many tokens."""
     order = torch.argsort(batch["prompt_lengths"] + batch["response_lengths"], stable=True)
     width = batch["response_ids"].shape[1]
+    ordered = select(batch, order)
+    if max_tokens:
+        cuts = token_budget_bounds(ordered["prompt_lengths"].tolist(), ordered["response_lengths"].tolist(), max_tokens)
+        parts = (trim_padding({k: v[a:b] for k, v in ordered.items()}) for a, b in zip(cuts, cuts[1:]))
+    else:
+        parts = micro_batches(ordered, size)
     outs = []
-    for mb in micro_batches(select(batch, order), size):
+    for mb in parts:
         y = fn(mb).cpu()
         outs.append(torch.nn.functional.pad(y, (0, width - y.shape[1])) if per_token else y)
     out = torch.cat(outs)

@@ -36,7 +36,15 @@ class RoleResources(_Strict):
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads in each actor; 0 = Ray's default (OMP_NUM_THREADS = num_cpus_per_actor rounded, at least 1).")
 
 
-class TrainableRole(RoleResources):
+class ScoringBudget(_Strict):
+    micro_batch_tokens_per_actor: int = Field(0, ge=0, description=(
+        "No-gradient forward passes (scoring) take micro-batches by token count: rows sorted by length, each "
+        "micro-batch up to this many tokens (rows × its longest row), so short sequences go many to a pass; "
+        "0 = micro_batch_samples_per_actor rows each. Training micro-batches keep a fixed row count "
+        "(DeepSpeed's accumulation boundary needs it); not with zero_stage 3, whose ranks must run equal counts."))
+
+
+class TrainableRole(RoleResources, ScoringBudget):
     model_path: str | None = Field(None, description="HF model folder; empty = the policy's `model.path`.")
     zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage (0-3) across this role's actors.")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Training precision (bf16/fp16 need a GPU).")
@@ -91,7 +99,7 @@ class RewardConfig(TrainableRole):
         return self
 
 
-class ReferenceConfig(RoleResources):
+class ReferenceConfig(RoleResources, ScoringBudget):
     model_path: str | None = Field(None, description="Reference HF folder; empty = the initial policy.")
     micro_batch_samples_per_actor: int = Field(8, ge=1, description="Samples per forward pass.")
 
@@ -293,6 +301,12 @@ class Config(_Strict):
             raise ValueError(f"algorithm={self.algorithm} compares samples of one prompt: ppo.samples_per_prompt must be ≥ 2")
         if not self.is_online and not self.offline.train_file:
             raise ValueError(f"algorithm={self.algorithm} trains on a dataset: set offline.train_file")
+        for role in ("learner", "critic", "reward"):
+            r = getattr(self, role)
+            if r.zero_stage == 3 and r.micro_batch_tokens_per_actor:
+                raise ValueError(f"{role}.micro_batch_tokens_per_actor={r.micro_batch_tokens_per_actor} needs every rank "
+                                 f"to run its own number of forwards, which {role}.zero_stage=3 cannot (its "
+                                 f"parameter gathers are collective): set it to 0 or use zero_stage ≤ 2")
         roles = ("learner", "critic") if self.algorithm == "ppo" else ("reward",) if self.algorithm == "reward_model" else ("learner",)
         key = "ppo.minibatch_samples_global" if self.algorithm in ONLINE_ALGORITHMS else "offline.batch_samples_global"
         for role in roles:

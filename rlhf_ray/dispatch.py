@@ -19,7 +19,9 @@ def generate_balanced(engines: list, prompt_ids: list[list[int]], greedy: bool, 
     """Runs ``Rollout.generate`` over all prompts; returns the joined outputs in prompt order plus
     ``served`` (prompts per engine) and ``versions`` (weights version of each engine that served)."""
     n = len(prompt_ids)
-    size = max(1, math.ceil(n / (len(engines) * chunks_per_engine)))
+    # Balancing needs two engines. One engine gets one call: chunks would reach it one after another,
+    # and vLLM's throughput grows with the batch (4 calls of 16 prompts took 1.45× one call of 64 on CPU).
+    size = n if len(engines) == 1 else max(1, math.ceil(n / (len(engines) * chunks_per_engine)))
     chunks = [(start, prompt_ids[start:start + size]) for start in range(0, n, size)]
     outstanding = [0] * len(engines)
     served = [0] * len(engines)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from rlhf_ray.batch import build_batch, concat_batches, map_micro_batches, split_batch, split_list, trim_padding
+from rlhf_ray.batch import (build_batch, concat_batches, map_micro_batches, split_batch, split_list,
+                            token_budget_bounds, trim_padding)
 from rlhf_ray.prompts import PromptSampler
 
 EOS = 2  # also the pad id, as in SmolLM2
@@ -77,6 +78,26 @@ def test_map_micro_batches_returns_rows_in_order_at_full_width():
                                 per_token=False)
     assert per_row.tolist() == [2, 1, 5, 1]
     assert sum(widths) < 2 * batch["input_ids"].shape[1]  # sorted by length: far less padding
+
+
+def test_token_budget_bounds_against_a_hand_count():
+    # rows (prompt, response), already sorted by length: (1,1) (2,1) (2,3) (4,4) (9,9)
+    p, r = [1, 2, 2, 4, 9], [1, 1, 3, 4, 9]
+    # budget 12: [3 rows × (2+3) = 15 > 12] → first two (2 × 3 = 6) | (2,3)+(4,4): 2 × 8 = 16 > 12 → alone
+    assert token_budget_bounds(p, r, 12) == [0, 2, 3, 4, 5]
+    assert token_budget_bounds(p, r, 16) == [0, 3, 4, 5]  # 3 × 5 = 15 fits; + (4,4): 4 × 8 = 32
+    assert token_budget_bounds(p, r, 1) == [0, 1, 2, 3, 4, 5]  # too small: a row each, never none
+    assert token_budget_bounds(p, r, 10**6) == [0, 5]
+
+
+def test_map_micro_batches_by_token_budget_keeps_rows_and_order():
+    batch = _ragged_batch()
+    sizes = []
+    per_token = map_micro_batches(batch, 1, lambda mb: sizes.append(mb["input_ids"].numel()) or
+                                  mb["response_ids"] * mb["response_mask"], per_token=True, max_tokens=12)
+    assert torch.equal(per_token, batch["response_ids"] * batch["response_mask"])
+    assert max(sizes) <= 12 or len(sizes) == batch["input_ids"].shape[0]
+    assert len(sizes) < batch["input_ids"].shape[0]  # short rows went together
 
 
 def test_trimmed_micro_batches_give_the_full_batch_logprobs(tiny_policy):

@@ -30,3 +30,13 @@ def test_every_field_documented_once():
 
 def test_default_config_is_valid():
     Config()
+
+
+def test_token_budget_scoring_is_refused_under_zero3():
+    import pytest
+
+    from rlhf_ray.config import ConfigError
+
+    assert load_config(overrides=["learner.micro_batch_tokens_per_actor=4096"]).learner.micro_batch_tokens_per_actor == 4096
+    with pytest.raises(ConfigError, match=r"learner.micro_batch_tokens_per_actor=4096 .* learner.zero_stage=3"):
+        load_config(overrides=["learner.micro_batch_tokens_per_actor=4096", "learner.zero_stage=3"])

@@ -14,8 +14,13 @@ def _engines(local_ray, n, delays=None):
     class FakeEngine:  # beside the real-engine test below: lets one engine be slow on purpose
         def __init__(self, delay):
             self.delay = delay
+            self.calls = []
+
+        def call_sizes(self):
+            return self.calls
 
         def generate(self, prompts, greedy, seed):
+            self.calls.append(len(prompts))
             time.sleep(self.delay * len(prompts))
             return {"response_ids": [[p[0], seed + i] for i, p in enumerate(prompts)],
                     "logprobs": [[0.0, 0.0]] * len(prompts), "finish_reasons": ["stop"] * len(prompts), "version": 3}
@@ -30,6 +35,12 @@ def test_order_and_global_seeds(local_ray):
     # request i is sampled with seed + i whichever engine served it
     assert [r[1] for r in out["response_ids"]] == [100 + i for i in range(37)]
     assert sum(out["served"]) == 37 and out["versions"] == [3]
+
+    engine = _engines(local_ray, 1)
+    one = generate_balanced(engine, prompts, greedy=False, seed=100)
+    # one engine: no balancing to do, the whole step in one call (vLLM batches it all)
+    assert local_ray.get(engine[0].call_sizes.remote()) == [37]
+    assert [r[1] for r in one["response_ids"]] == [100 + i for i in range(37)]
 
 
 def test_slow_engine_gets_less_work(local_ray):

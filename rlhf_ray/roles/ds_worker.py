@@ -116,7 +116,8 @@ class DeepSpeedWorker(Worker):
     @torch.no_grad()
     def _forward_eval(self, batch: Batch, fn, per_token: bool = False) -> torch.Tensor:
         self.engine.eval()
-        return map_micro_batches(batch, self.role_cfg.micro_batch_samples_per_actor, fn, per_token)
+        r = self.role_cfg
+        return map_micro_batches(batch, r.micro_batch_samples_per_actor, fn, per_token, r.micro_batch_tokens_per_actor)
 
     # -- offline methods: one optimiser step per call
     def _train_step(self, batch: Batch, loss_fn, rows_per_unit: int = 1) -> dict[str, float]:

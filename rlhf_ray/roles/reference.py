@@ -27,7 +27,7 @@ class Reference(Worker):
         t = self.cfg.rollout.temperature
         micro = self.cfg.reference.micro_batch_samples_per_actor
         return map_micro_batches(batch, micro, lambda mb: response_logprobs(self.model, mb, t, pack=self.pack)[0],
-                                 per_token=True)
+                                 per_token=True, max_tokens=self.cfg.reference.micro_batch_tokens_per_actor)
 
     @torch.no_grad()
     def compute_sequence_logprobs(self, batch: Batch) -> torch.Tensor:
@@ -36,4 +36,4 @@ class Reference(Worker):
 
         micro = self.cfg.reference.micro_batch_samples_per_actor
         return map_micro_batches(batch, micro, lambda mb: sequence_logprobs(self.model, mb, self.pack),
-                                 per_token=False)
+                                 per_token=False, max_tokens=self.cfg.reference.micro_batch_tokens_per_actor)

@@ -72,5 +72,6 @@ class Reward(Worker):
         if rc.kind == "http":  # the client has checked count and finiteness, naming the URL
             return torch.tensor(self.client.score(prompts, responses, answers), dtype=torch.float32)
         micro = rc.micro_batch_samples_per_actor
-        scores = map_micro_batches(batch, micro, lambda mb: sequence_scores(self.model, mb), per_token=False)
+        scores = map_micro_batches(batch, micro, lambda mb: sequence_scores(self.model, mb), per_token=False,
+                                   max_tokens=rc.micro_batch_tokens_per_actor)
         return check_scores(scores.tolist(), len(responses), "reward model")
