@@ -16,7 +16,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_POLICY = "smollm2"  # resolved to the folder that `rlhf-ray prepare-model` writes
 
@@ -63,6 +63,11 @@ class ModelConfig(_Strict):
     sequence_packing: Literal["auto", "on", "off"] = Field("auto", description=(
         "Policy, reference and critic forwards lay several sequences end to end in a row instead of padding each; "
         "auto = where a check at load shows the model gives the same log-probs packed, on = error otherwise."))
+
+    @field_validator("sequence_packing", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v):
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v  # YAML reads on/off as booleans
 
 
 class RolloutConfig(RoleResources):

@@ -40,3 +40,10 @@ def test_token_budget_scoring_is_refused_under_zero3():
     assert load_config(overrides=["learner.micro_batch_tokens_per_actor=4096"]).learner.micro_batch_tokens_per_actor == 4096
     with pytest.raises(ConfigError, match=r"learner.micro_batch_tokens_per_actor=4096 .* learner.zero_stage=3"):
         load_config(overrides=["learner.micro_batch_tokens_per_actor=4096", "learner.zero_stage=3"])
+
+
+def test_sequence_packing_on_off_survive_yaml_booleans(tmp_path):
+    assert load_config(overrides=["model.sequence_packing=off"]).model.sequence_packing == "off"
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  sequence_packing: on\n")
+    assert load_config(str(path)).model.sequence_packing == "on"
