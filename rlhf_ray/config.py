@@ -61,7 +61,7 @@ class ModelConfig(_Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype for inference roles.")
     max_prompt_tokens: int = Field(128, ge=1, description="Prompts longer than this (after the chat template) are an error.")
     sequence_packing: Literal["auto", "on", "off"] = Field("auto", description=(
-        "Policy, reference and critic forwards lay several sequences end to end in a row instead of padding each; "
+        "Policy, reference, critic and reward-model forwards lay several sequences end to end in a row instead of padding each; "
         "auto = where a check at load shows the model gives the same log-probs packed, on = error otherwise."))
 
     @field_validator("sequence_packing", mode="before")

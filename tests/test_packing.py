@@ -43,6 +43,7 @@ def test_pack_lays_real_tokens_end_to_end_with_restarting_positions():
     assert shared.input_ids.tolist() == [[1, 2, 3, 9], [4, 5, 6, 7]]
     assert shared.position_ids.tolist() == [[0, 1, 2, 3], [0, 1, 0, 1]]
     assert shared.targets.tolist() == [9, 5, 7]
+    assert list(zip(shared.last_bin.tolist(), shared.last_col.tolist())) == [(0, 3), (1, 1), (1, 3)]
 
 def test_packed_forward_equals_padded_forward(tiny_policy):
     from rlhf_ray.models.loading import load_causal_lm
@@ -105,3 +106,18 @@ def test_packed_values_equal_padded_values(tiny_policy):
     assert padded[mask].abs().mean() > 0.1
     assert torch.allclose(packed[mask], padded[mask], atol=1e-5)
     assert packing_matches(model, response_values)[0]
+
+
+def test_packed_reward_scores_equal_padded_scores(tiny_reward_model):
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf_ray.models.forward import sequence_scores
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_reward_model).eval()
+    batch = ragged_batch(seed=7)
+    with torch.no_grad():
+        padded, packed = sequence_scores(model, batch), sequence_scores(model, batch, pack=True)
+    assert padded.shape == packed.shape == (6,)
+    assert padded.std() > 1e-3  # distinct rows, so a wrong pooling position would show
+    assert torch.allclose(packed, padded, atol=1e-5)
+    assert packing_matches(model, sequence_scores)[0]

@@ -119,17 +119,25 @@ def response_values(model: ValueModel, batch: Batch, pack: bool = False) -> torc
     return model(**_model_inputs(batch, device))[:, -r - 1:-1].float()
 
 
-def sequence_scores(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """Reward-model scores [B] read at each row's last real token.
+def sequence_scores(model: nn.Module, batch: Batch, pack: bool = False) -> torch.Tensor:
+    """Reward-model scores [B] read at each row's last real token (packed rows with ``pack``).
 
     HF's sequence-classification heads pool at the last non-pad token, which is wrong when the pad
     token equals the end token; so the backbone and the score layer are run here and pooled by length.
     """
     device = next(model.parameters()).device
     backbone = getattr(model, model.base_model_prefix)
-    hidden = backbone(**_model_inputs(batch, device), use_cache=False).last_hidden_state
-    rows = torch.arange(hidden.shape[0], device=device)
-    last = hidden[rows, last_token_index(batch).to(device)]
+    if pack:
+        from rlhf_ray.models.packing import pack as pack_rows
+
+        layout = pack_rows(batch)
+        hidden = backbone(input_ids=layout.input_ids.to(device), position_ids=layout.position_ids.to(device),
+                          attention_mask=None, use_cache=False).last_hidden_state
+        last = hidden[layout.last_bin.to(device), layout.last_col.to(device)]
+    else:
+        hidden = backbone(**_model_inputs(batch, device), use_cache=False).last_hidden_state
+        rows = torch.arange(hidden.shape[0], device=device)
+        last = hidden[rows, last_token_index(batch).to(device)]
     return model.score(last).squeeze(-1).float()
 
 

@@ -32,6 +32,8 @@ class PackedLayout:
     targets: torch.Tensor        # [N]: the response token predicted there
     dst_row: torch.Tensor        # [N]: where its log-prob goes in the padded [B, R] layout
     dst_col: torch.Tensor        # [N]
+    last_bin: torch.Tensor       # [B]: where each row's last real token sits (sequence scores)
+    last_col: torch.Tensor       # [B]
 
     @property
     def tokens(self) -> int:
@@ -70,6 +72,7 @@ def pack(batch: Batch, pad_id: int = 0) -> PackedLayout:
     input_ids = torch.full((len(bins), capacity), pad_id, dtype=ids.dtype)
     positions = torch.zeros((len(bins), capacity), dtype=torch.long)
     src_bin, src_col, dst_row, dst_col = [], [], [], []
+    last_bin, last_col = torch.zeros(len(lengths), dtype=torch.long), torch.zeros(len(lengths), dtype=torch.long)
     for b, rows in enumerate(bins):
         offset = 0
         for i in rows:
@@ -81,12 +84,13 @@ def pack(batch: Batch, pad_id: int = 0) -> PackedLayout:
             src_col.append(torch.arange(offset + p - 1, offset + p - 1 + r))
             dst_row.append(torch.full((r,), i))
             dst_col.append(torch.arange(r))
+            last_bin[i], last_col[i] = b, offset + n - 1
             offset += n
         positions[b, offset:] = torch.arange(capacity - offset)  # the tail: a sequence of its own
     cat = (lambda xs: torch.cat(xs)) if src_bin else (lambda xs: torch.zeros(0, dtype=torch.long))
     dst_row_t, dst_col_t = cat(dst_row), cat(dst_col)
     return PackedLayout(input_ids, positions, cat(src_bin), cat(src_col),
-                        batch["response_ids"][dst_row_t, dst_col_t], dst_row_t, dst_col_t)
+                        batch["response_ids"][dst_row_t, dst_col_t], dst_row_t, dst_col_t, last_bin, last_col)
 
 
 def packed_response_logits(model: nn.Module, layout: PackedLayout, device) -> torch.Tensor:
@@ -119,8 +123,8 @@ def unpack(values: torch.Tensor, layout: PackedLayout, shape: tuple[int, int]) -
 
 
 def packing_matches(model: nn.Module, forward=None, atol: float = 1e-3) -> tuple[bool, float]:
-    """Whether ``forward(model, batch, pack) -> [B, R]`` (default: response log-probs) gives the same
-    values packed as padded, on three short random sequences, two of them sharing a packed row (one
+    """Whether ``forward(model, batch, pack)`` ([B, R] per token or [B] per sequence; default:
+    response log-probs) gives the same values packed as padded, on three short random sequences, two of them sharing a packed row (one
     forward each way, no gradient). Returns (ok, max |diff|)."""
     from rlhf_ray.batch import build_batch
     from rlhf_ray.models.forward import response_logprobs
@@ -139,8 +143,8 @@ def packing_matches(model: nn.Module, forward=None, atol: float = 1e-3) -> tuple
             padded, packed = forward(model, batch, False), forward(model, batch, True)
     finally:
         model.train(was_training)
-    mask = batch["response_mask"].bool()
-    diff = float((padded - packed)[mask].abs().max())
+    gap = padded - packed
+    diff = float((gap[batch["response_mask"].bool()] if gap.dim() == 2 else gap).abs().max())
     return diff <= atol, diff
 
 

@@ -14,6 +14,7 @@ from rlhf_ray.roles.ds_worker import DeepSpeedWorker
 
 class RewardTrainer(DeepSpeedWorker):
     role = "reward"
+    pack = False  # sequence packing, decided per model at init_model
 
     def init_model(self, model_path: str) -> int:
         """From a sequence-classification folder (``reward.model_path``), or from a causal LM with a
@@ -21,6 +22,7 @@ class RewardTrainer(DeepSpeedWorker):
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
         from rlhf_ray.models.loading import check_model_folder, load_tokenizer
+        from rlhf_ray.models.packing import use_packing
 
         check_model_folder(model_path)
         config = AutoConfig.from_pretrained(model_path, num_labels=1)
@@ -29,12 +31,13 @@ class RewardTrainer(DeepSpeedWorker):
             # length (sequence_scores), but the saved config must still load and run elsewhere.
             config.pad_token_id = load_tokenizer(model_path).pad_token_id
         model = AutoModelForSequenceClassification.from_pretrained(model_path, config=config, dtype=torch.float32)
+        self.pack = use_packing(model, self.cfg.model.sequence_packing, f"{self.role}-{self.rank}", sequence_scores)
         self._initialize(model)
         return sum(p.numel() for p in self.module.parameters())
 
     def compute_scores(self, batch: Batch) -> torch.Tensor:
         """[B] scores at each row's last real token (no gradient)."""
-        return self._forward_eval(batch, lambda mb: sequence_scores(self.module, mb))
+        return self._forward_eval(batch, lambda mb: sequence_scores(self.module, mb, self.pack))
 
     def train_reward(self, batch: Batch) -> dict[str, float]:
         """One optimiser step of −log σ(r_chosen − r_rejected − margin) on adjacent (chosen, rejected) rows."""
@@ -43,7 +46,7 @@ class RewardTrainer(DeepSpeedWorker):
         margin = self.cfg.offline.rm_margin
 
         def loss_fn(mb: Batch):
-            scores = sequence_scores(self.module, mb)
+            scores = sequence_scores(self.module, mb, self.pack)
             loss, metrics = bradley_terry_loss(scores[0::2], scores[1::2], margin or None)
             metrics.update(loss=loss.item(), score_chosen=scores[0::2].mean().item(),
                            score_rejected=scores[1::2].mean().item())
