@@ -81,8 +81,13 @@ SEQUENCE_KEYS = ("input_ids", "attention_mask", "position_ids")
 def micro_batches(batch: Batch, size: int):
     """Consecutive slices of ``size`` rows, each without the columns that are padding in all its rows."""
     n = batch_size(batch)
-    for start in range(0, n, size):
-        yield trim_padding({k: v[start:start + size] for k, v in batch.items()})
+    return sliced(batch, [*range(0, n, size), n])
+
+
+def sliced(batch: Batch, bounds: list[int]):
+    """The rows between consecutive ``bounds``, each slice trimmed of its all-padding columns."""
+    for start, end in zip(bounds, bounds[1:]):
+        yield trim_padding({k: v[start:end] for k, v in batch.items()})
 
 
 def trim_padding(batch: Batch) -> Batch:
@@ -114,11 +119,11 @@ def token_budget_bounds(prompt_lengths: list[int], response_lengths: list[int], 
     response). A row longer than the budget goes alone."""
     bounds, start, p_max, r_max = [0], 0, 0, 0
     for i, (p, r) in enumerate(zip(prompt_lengths, response_lengths)):
-        np_, nr = max(p_max, p), max(r_max, max(r, 1))
-        if i > start and (i - start + 1) * (np_ + nr) > max_tokens:
+        r = max(r, 1)  # a trimmed batch keeps at least one response column
+        p_max, r_max = max(p_max, p), max(r_max, r)
+        if i > start and (i - start + 1) * (p_max + r_max) > max_tokens:
             bounds.append(i)
-            start, np_, nr = i, p, max(r, 1)
-        p_max, r_max = np_, nr
+            start, p_max, r_max = i, p, r
     bounds.append(len(prompt_lengths))
     return bounds
 
@@ -132,8 +137,8 @@ def map_micro_batches(batch: Batch, size: int, fn, per_token: bool, max_tokens: 
     width = batch["response_ids"].shape[1]
     ordered = select(batch, order)
     if max_tokens:
-        cuts = token_budget_bounds(ordered["prompt_lengths"].tolist(), ordered["response_lengths"].tolist(), max_tokens)
-        parts = (trim_padding({k: v[a:b] for k, v in ordered.items()}) for a, b in zip(cuts, cuts[1:]))
+        parts = sliced(ordered, token_budget_bounds(ordered["prompt_lengths"].tolist(),
+                                                    ordered["response_lengths"].tolist(), max_tokens))
     else:
         parts = micro_batches(ordered, size)
     outs = []

@@ -111,8 +111,7 @@ def response_values(model: ValueModel, batch: Batch, pack: bool = False) -> torc
         from rlhf_ray.models.packing import pack as pack_rows, unpack
 
         layout = pack_rows(batch)
-        values = model(input_ids=layout.input_ids.to(device), attention_mask=None,
-                       position_ids=layout.position_ids.to(device))
+        values = model(**layout.model_inputs(device))
         picked = values[layout.src_bin.to(device), layout.src_col.to(device)].float()
         return unpack(picked, layout, tuple(batch["response_ids"].shape))
     r = batch["response_ids"].shape[1]
@@ -131,8 +130,7 @@ def sequence_scores(model: nn.Module, batch: Batch, pack: bool = False) -> torch
         from rlhf_ray.models.packing import pack as pack_rows
 
         layout = pack_rows(batch)
-        hidden = backbone(input_ids=layout.input_ids.to(device), position_ids=layout.position_ids.to(device),
-                          attention_mask=None, use_cache=False).last_hidden_state
+        hidden = backbone(**layout.model_inputs(device), use_cache=False).last_hidden_state
         last = hidden[layout.last_bin.to(device), layout.last_col.to(device)]
     else:
         hidden = backbone(**_model_inputs(batch, device), use_cache=False).last_hidden_state

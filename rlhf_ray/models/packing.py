@@ -9,7 +9,7 @@ so no token sees another sequence. Rows no longer than the longest sequence keep
 at most the padded layout's.
 
 Not every model honours packed position ids (a custom attention, a model that ignores position ids),
-so `packing_matches` checks a model once, on two short sequences, against the padded forward.
+so `packing_matches` checks a model once, on three short sequences, against the padded forward.
 """
 
 from __future__ import annotations
@@ -38,6 +38,12 @@ class PackedLayout:
     @property
     def tokens(self) -> int:
         return self.input_ids.numel()
+
+    def model_inputs(self, device) -> dict:
+        """Keyword arguments of the packed forward: no attention mask, so transformers derives the
+        block-diagonal causal mask from the restarting position ids."""
+        return {"input_ids": self.input_ids.to(device), "position_ids": self.position_ids.to(device),
+                "attention_mask": None}
 
 
 def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -108,8 +114,7 @@ def packed_response_logits(model: nn.Module, layout: PackedLayout, device) -> to
 
     handle = backbone.register_forward_hook(catch)
     try:
-        model(input_ids=layout.input_ids.to(device), position_ids=layout.position_ids.to(device),
-              attention_mask=None, use_cache=False, logits_to_keep=1)
+        model(**layout.model_inputs(device), use_cache=False, logits_to_keep=1)
     finally:
         handle.remove()
     hidden = caught["h"][layout.src_bin.to(device), layout.src_col.to(device)]
@@ -124,8 +129,8 @@ def unpack(values: torch.Tensor, layout: PackedLayout, shape: tuple[int, int]) -
 
 def packing_matches(model: nn.Module, forward=None, atol: float = 1e-3) -> tuple[bool, float]:
     """Whether ``forward(model, batch, pack)`` ([B, R] per token or [B] per sequence; default:
-    response log-probs) gives the same values packed as padded, on three short random sequences, two of them sharing a packed row (one
-    forward each way, no gradient). Returns (ok, max |diff|)."""
+    response log-probs) gives the same values packed as padded, on three short random sequences,
+    two of them sharing a packed row (one forward each way, no gradient). Returns (ok, max |diff|)."""
     from rlhf_ray.batch import build_batch
     from rlhf_ray.models.forward import response_logprobs
 
@@ -156,7 +161,7 @@ def use_packing(model: nn.Module, setting: str, who: str, forward=None) -> bool:
     ok, diff = packing_matches(model, forward)
     if ok:
         return True
-    msg = (f"{who}: model.sequence_packing={setting}, but {type(model).__name__} gives other log-probs packed than "
+    msg = (f"{who}: model.sequence_packing={setting}, but {type(model).__name__} gives other outputs packed than "
            f"padded (max difference {diff:.3g}): it does not honour packed position ids")
     if setting == "on":
         raise ValueError(msg + "; set model.sequence_packing=off (or auto)")

@@ -8,6 +8,7 @@ import random
 import numpy as np
 import torch
 
+from rlhf_ray.batch import Batch, map_micro_batches
 from rlhf_ray.config import Config, RoleResources
 
 
@@ -15,6 +16,7 @@ class Worker:
     """Base of the role actors. One actor = one rank of a role's group."""
 
     role = "worker"
+    pack = False  # sequence packing for this actor's model, decided by check_packing at model load
 
     def __init__(self, cfg: Config, rank: int = 0, world_size: int = 1):
         self.cfg = cfg
@@ -25,6 +27,17 @@ class Worker:
             torch.set_num_threads(res.torch_threads)
         seed_everything(cfg.trainer.seed + 1000 * rank)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def check_packing(self, model: torch.nn.Module, forward=None) -> None:
+        """Sets ``self.pack`` from ``model.sequence_packing`` and a check of ``model`` (rlhf_ray.models.packing)."""
+        from rlhf_ray.models.packing import use_packing
+
+        self.pack = use_packing(model, self.cfg.model.sequence_packing, f"{self.role}-{self.rank}", forward)
+
+    def map_forward(self, batch: Batch, fn, per_token: bool = False) -> torch.Tensor:
+        """``fn`` over the batch in this role's scoring micro-batches (rows, or a token budget)."""
+        r = getattr(self.cfg, self.role)
+        return map_micro_batches(batch, r.micro_batch_samples_per_actor, fn, per_token, r.micro_batch_tokens_per_actor)
 
     def identity(self) -> dict:
         """Where this actor runs: for placement checks, dashboards and failure messages."""

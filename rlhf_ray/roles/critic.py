@@ -23,13 +23,10 @@ def value_objective(ppo: PPOConfig, values: torch.Tensor, mb: Batch) -> tuple[to
 
 class Critic(DeepSpeedWorker):
     role = "critic"
-    pack = False  # sequence packing, decided per model at init_model
 
     def init_model(self, model_path: str) -> int:
-        from rlhf_ray.models.packing import use_packing
-
         model = ValueModel.from_pretrained(model_path)
-        self.pack = use_packing(model, self.cfg.model.sequence_packing, f"{self.role}-{self.rank}", response_values)
+        self.check_packing(model, response_values)
         self._initialize(model)
         return sum(p.numel() for p in self.module.parameters())
 

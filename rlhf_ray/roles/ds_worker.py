@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from rlhf_ray.batch import Batch, batch_size, map_micro_batches, micro_batches, select
+from rlhf_ray.batch import Batch, batch_size, micro_batches, select
 from rlhf_ray.config import Config, TrainableRole
 from rlhf_ray.roles.base import Worker, free_port
 
@@ -116,8 +116,7 @@ class DeepSpeedWorker(Worker):
     @torch.no_grad()
     def _forward_eval(self, batch: Batch, fn, per_token: bool = False) -> torch.Tensor:
         self.engine.eval()
-        r = self.role_cfg
-        return map_micro_batches(batch, r.micro_batch_samples_per_actor, fn, per_token, r.micro_batch_tokens_per_actor)
+        return self.map_forward(batch, fn, per_token)
 
     # -- offline methods: one optimiser step per call
     def _train_step(self, batch: Batch, loss_fn, rows_per_unit: int = 1) -> dict[str, float]:

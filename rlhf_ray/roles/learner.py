@@ -41,15 +41,12 @@ def ppo_objective(ppo: PPOConfig, logp: torch.Tensor, entropy: torch.Tensor, mb:
 
 class PolicyLearner(DeepSpeedWorker):
     role = "learner"
-    pack = False  # sequence packing, decided per model at init_model
 
     def init_model(self, model_path: str) -> int:
         from rlhf_ray.models.loading import load_causal_lm
 
-        from rlhf_ray.models.packing import use_packing
-
         model = load_causal_lm(model_path, torch.float32)
-        self.pack = use_packing(model, self.cfg.model.sequence_packing, f"{self.role}-{self.rank}")
+        self.check_packing(model)
         self._initialize(model)
         return sum(p.numel() for p in self.module.parameters())
 

@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from rlhf_ray.batch import Batch, map_micro_batches
+from rlhf_ray.batch import Batch
 from rlhf_ray.models.forward import sequence_scores
 from rlhf_ray.roles.base import Worker
 
@@ -44,7 +44,6 @@ def check_scores(scores, n: int, source: str) -> torch.Tensor:
 
 class Reward(Worker):
     role = "reward"
-    pack = False  # sequence packing, decided per model at init_model
 
     def init_model(self, model_path: str | None = None) -> int:
         rc = self.cfg.reward
@@ -59,12 +58,11 @@ class Reward(Worker):
         from transformers import AutoModelForSequenceClassification
 
         from rlhf_ray.models.loading import check_model_folder
-        from rlhf_ray.models.packing import use_packing
 
         check_model_folder(model_path)
         self.model = AutoModelForSequenceClassification.from_pretrained(model_path, dtype=torch.float32)
         self.model.to(self.device).eval().requires_grad_(False)
-        self.pack = use_packing(self.model, self.cfg.model.sequence_packing, f"{self.role}-{self.rank}", sequence_scores)
+        self.check_packing(self.model, sequence_scores)
         return sum(p.numel() for p in self.model.parameters())
 
     @torch.no_grad()
@@ -74,7 +72,5 @@ class Reward(Worker):
             return check_scores(self.fn(prompts, responses, answers), len(responses), f"reward.function {rc.function}")
         if rc.kind == "http":  # the client has checked count and finiteness, naming the URL
             return torch.tensor(self.client.score(prompts, responses, answers), dtype=torch.float32)
-        micro = rc.micro_batch_samples_per_actor
-        scores = map_micro_batches(batch, micro, lambda mb: sequence_scores(self.model, mb, self.pack), per_token=False,
-                                   max_tokens=rc.micro_batch_tokens_per_actor)
+        scores = self.map_forward(batch, lambda mb: sequence_scores(self.model, mb, self.pack))
         return check_scores(scores.tolist(), len(responses), "reward model")

@@ -14,7 +14,6 @@ from rlhf_ray.roles.ds_worker import DeepSpeedWorker
 
 class RewardTrainer(DeepSpeedWorker):
     role = "reward"
-    pack = False  # sequence packing, decided per model at init_model
 
     def init_model(self, model_path: str) -> int:
         """From a sequence-classification folder (``reward.model_path``), or from a causal LM with a
@@ -22,7 +21,6 @@ class RewardTrainer(DeepSpeedWorker):
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
         from rlhf_ray.models.loading import check_model_folder, load_tokenizer
-        from rlhf_ray.models.packing import use_packing
 
         check_model_folder(model_path)
         config = AutoConfig.from_pretrained(model_path, num_labels=1)
@@ -31,7 +29,7 @@ class RewardTrainer(DeepSpeedWorker):
             # length (sequence_scores), but the saved config must still load and run elsewhere.
             config.pad_token_id = load_tokenizer(model_path).pad_token_id
         model = AutoModelForSequenceClassification.from_pretrained(model_path, config=config, dtype=torch.float32)
-        self.pack = use_packing(model, self.cfg.model.sequence_packing, f"{self.role}-{self.rank}", sequence_scores)
+        self.check_packing(model, sequence_scores)
         self._initialize(model)
         return sum(p.numel() for p in self.module.parameters())
 
