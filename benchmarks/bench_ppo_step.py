@@ -78,7 +78,7 @@ def run_rlhf_ray(cfg, steps: int, warmup: int) -> list[dict]:
 
     from rlhf_ray.trainers.ppo import PPOTrainer
 
-    trainer = PPOTrainer(cfg)
+    trainer = PPOTrainer.from_config(cfg)
     try:
         windows, rows = [], []
         for step in range(1, warmup + steps + 1):

@@ -80,14 +80,14 @@ def main() -> None:
         learner = WorkerGroup("learner", PolicyLearner, cfg, f"bench-sync-{n}")
         rollout = WorkerGroup("rollout", Rollout, cfg, f"bench-sync-{n}")
         addr, port = learner.get([learner.actors[0].master_address.remote()])[0]
-        learner.get(learner.call("setup_distributed", addr, port))
-        loading = learner.call("init_model", path), rollout.call("init_model", path)
+        learner.get(learner.call(PolicyLearner.setup_distributed, addr, port))
+        loading = learner.call(PolicyLearner.init_model, path), rollout.call(Rollout.init_model, path)
         learner.get(loading[0])
         rollout.get(loading[1])
         for bucket in args.bucket_mb:
             best = None
             for r in range(args.repeats):
-                m = learner.get(learner.call("push_weights", rollout.actors, r + 1, bucket))[0]
+                m = learner.get(learner.call(PolicyLearner.push_weights, rollout.actors, r + 1, bucket))[0]
                 best = m if best is None or m["sync/seconds"] < best["sync/seconds"] else best
             per_engine = best["sync/bytes"] / best["sync/seconds"]
             rows.append({"engines": n, "bucket MiB": bucket, "MB": best["sync/bytes"] / 1e6,

@@ -92,7 +92,7 @@ def run_rlhf_ray(spec: dict) -> dict:
     set_threads(spec["threads"])
     with tempfile.TemporaryDirectory(prefix="bench_dpo_") as run_dir:
         cfg = load_config(overrides=[*spec["rlhf_ray_overrides"], f"trainer.run_dir={run_dir}"])
-        trainer = OfflineTrainer(cfg)
+        trainer = OfflineTrainer.from_config(cfg)
         try:
             check_same_units(trainer, spec)
             trainer.fit()

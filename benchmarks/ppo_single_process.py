@@ -100,8 +100,8 @@ class SingleProcessPPO:
     def __init__(self, cfg: Config):
         from rlhf_ray.models.loading import load_causal_lm, load_tokenizer
         from rlhf_ray.prompts import PromptSampler, load_task
+        from rlhf_ray.reward_functions import import_reward_function
         from rlhf_ray.roles.base import seed_everything
-        from rlhf_ray.roles.reward import import_reward_function
         from rlhf_ray.trainers.session import resolve_model_path
 
         if cfg.algorithm != "ppo" or cfg.reward.kind != "rule" or cfg.rollout.backend != "vllm":
@@ -150,7 +150,7 @@ class SingleProcessPPO:
 
     def score(self, batch: Batch, rows: list[int], texts: list[str]) -> torch.Tensor:
         """Fills ref_logprobs, old_logprobs and old_values; returns the rule reward's scores."""
-        from rlhf_ray.roles.reward import check_scores
+        from rlhf_ray.reward_functions import check_scores
 
         cfg, t = self.cfg, self.cfg.rollout.temperature
         with torch.no_grad():

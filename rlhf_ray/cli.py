@@ -2,13 +2,23 @@
 
 Configuration never goes through argparse flags: a YAML file plus `a.b=c` overrides, checked by the
 one schema in rlhf_ray.config.
+
+The commands that load torch or Ray (train, best-of-n, serve-reward) import their modules when they run:
+Ray must not load before rlhf_ray.jobs.client has set RAY_AUTH_MODE, and no command should wait
+seconds for torch just to parse its arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+from rlhf_ray import jobs
+from rlhf_ray.config import ConfigError, config_table, load_config
+from rlhf_ray.models.prepare import prepare_smollm2
+from rlhf_ray.report import write_report
 
 
 def _split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
@@ -19,7 +29,6 @@ def _split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_train(args) -> int:
-    from rlhf_ray.config import load_config
     from rlhf_ray.trainers import run
 
     path, overrides = _split_config_args(args.config)
@@ -37,7 +46,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_best_of_n(args) -> int:
-    from rlhf_ray.config import load_config
     from rlhf_ray.trainers.best_of_n import run_best_of_n
 
     path, overrides = _split_config_args(args.config)
@@ -51,15 +59,11 @@ def cmd_best_of_n(args) -> int:
 
 
 def cmd_prepare_model(args) -> int:
-    from rlhf_ray.models.prepare import prepare_smollm2
-
     print(prepare_smollm2(args.out, force=args.force))
     return 0
 
 
 def cmd_submit(args) -> int:
-    from rlhf_ray import jobs
-
     path, overrides = _split_config_args(args.config)
     env = dict(item.split("=", 1) for item in args.env)
     job_id = jobs.submit(path, overrides, args.address, args.working_dir, args.requirements, env, args.job_id)
@@ -74,8 +78,6 @@ def cmd_submit(args) -> int:
 
 
 def cmd_jobs(args) -> int:
-    from rlhf_ray import jobs
-
     if args.action == "list":
         for j in jobs.list_jobs(args.address):
             print(f"{j['job_id']}\t{j['status']}\t{j['entrypoint']}")
@@ -92,8 +94,6 @@ def cmd_jobs(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from rlhf_ray.report import write_report
-
     write_report(args.run_dir)
     print((Path(args.run_dir) / "report.txt").read_text(), end="")
     print(f"plots: {args.run_dir}/report.png")
@@ -101,8 +101,6 @@ def cmd_report(args) -> int:
 
 
 def cmd_config_doc(args) -> int:
-    from rlhf_ray.config import config_table
-
     print("| key | default | meaning |\n| --- | --- | --- |")
     for key, default, doc in config_table():
         print(f"| `{key}` | `{default}` | {doc} |")
@@ -110,8 +108,6 @@ def cmd_config_doc(args) -> int:
 
 
 def cmd_serve_reward(args) -> int:
-    import os
-
     from rlhf_ray.rewards_http import serve_reward_function
 
     token = None
@@ -174,8 +170,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "action", "list") != "list" and not getattr(args, "job_id", "x"):
         parser.error(f"jobs {args.action} needs a job id")
-    from rlhf_ray.config import ConfigError
-
     try:
         return args.fn(args)
     except (ConfigError, FileNotFoundError, ValueError) as e:

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rlhf_ray.algorithms import ALGORITHMS, AlgorithmSpec, LossAgg
+
 DEFAULT_POLICY = "smollm2"  # resolved to the folder that `rlhf-ray prepare-model` writes
 
 
@@ -117,12 +119,6 @@ class KLConfig(_Strict):
     horizon: int = Field(10000, ge=1, description="Adaptive controller horizon, in samples.")
 
 
-ONLINE_ALGORITHMS = ("ppo", "grpo", "rloo", "reinforce_pp")
-PREFERENCE_ALGORITHMS = ("dpo", "ipo", "cdpo", "simpo", "orpo", "kto")
-Algorithm = Literal["ppo", "grpo", "rloo", "reinforce_pp", "dpo", "ipo", "cdpo", "simpo", "orpo", "kto", "sft",
-                    "reward_model", "raft"]
-
-
 class PPOConfig(_Strict):
     prompts_per_step_global: int = Field(16, ge=1, description="Prompts sampled per step, whole run.")
     samples_per_prompt: int = Field(4, ge=1, description="Responses generated per prompt.")
@@ -135,10 +131,16 @@ class PPOConfig(_Strict):
     gamma: float = Field(1.0, ge=0, le=1, description="GAE discount.")
     lam: float = Field(0.95, ge=0, le=1, description="GAE λ.")
     whiten_advantages: bool = Field(True, description="Normalise advantages over the batch's valid tokens.")
-    loss_agg: Literal["token-mean", "seq-mean-token-mean"] = Field("token-mean", description="How token losses are averaged.")
+    loss_agg: Literal["auto"] | LossAgg = Field("auto", description=(
+        "How token losses are averaged over the whole optimiser step (all micro-batches and ranks): token-mean, "
+        "seq-mean-token-mean (each sequence's mean, then over sequences) or seq-mean-token-sum-norm (token sums "
+        "over sequences × rollout.max_new_tokens, Dr. GRPO); auto = the algorithm's own (docs/methods/online_rl.md)."))
     entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus in the policy loss.")
     kl: KLConfig = Field(default_factory=KLConfig, description="KL penalty to the reference.")
-    logprob_gap_warn: float = Field(0.05, gt=0, description="Warn when |rollout − learner| sampled-token log-prob gap exceeds this.")
+    logprob_gap_warn: float = Field(0.05, gt=0, description=(
+        "Alarm when the mean |rollout − learner| sampled-token log-prob gap of samples generated with the "
+        "learner's current weights exceeds this: the engines may not serve the learner's weights."))
+    logprob_gap_action: Literal["warn", "stop"] = Field("warn", description="On that alarm: print a warning, or stop the run.")
     async_rollout: bool = Field(False, description=(
         "Generate step n+1 while step n trains (one step off-policy); corrected by ppo.tis_cap. See docs/performance.md."))
     tis_cap: float | None = Field(2.0, gt=0, description=(
@@ -265,7 +267,7 @@ class PlacementConfig(_Strict):
 
 
 class Config(_Strict):
-    algorithm: Algorithm = Field("ppo", description="ppo/grpo/rloo/reinforce_pp (online), dpo/ipo/cdpo/simpo/orpo/kto, sft, reward_model, raft.")
+    algorithm: str = Field("ppo", description="One of " + ", ".join(ALGORITHMS) + " (rlhf_ray/algorithms.py).")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The policy model.")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Rollout engines.")
     learner: TrainableRole = Field(default_factory=lambda: TrainableRole(lr=1e-6), description="Policy trainer.")
@@ -281,18 +283,38 @@ class Config(_Strict):
     ray: RayConfig = Field(default_factory=RayConfig, description="Where to run.")
     placement: PlacementConfig = Field(default_factory=PlacementConfig, description="Which roles share resources.")
 
+    @field_validator("algorithm")
+    @classmethod
+    def _known_algorithm(cls, v: str) -> str:
+        if v not in ALGORITHMS:
+            near = difflib.get_close_matches(v, ALGORITHMS, n=1)
+            raise ValueError(f"unknown algorithm {v!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
+                             + f"; choose one of: {', '.join(ALGORITHMS)}")
+        return v
+
+    @property
+    def spec(self) -> AlgorithmSpec:
+        """The algorithm's row of rlhf_ray.algorithms.ALGORITHMS."""
+        return ALGORITHMS[self.algorithm]
+
     @property
     def is_online(self) -> bool:
-        return self.algorithm in ONLINE_ALGORITHMS or self.algorithm == "raft"
+        return self.spec.has_rollout
+
+    @property
+    def loss_agg(self) -> str:
+        """The policy loss aggregation in force: ppo.loss_agg, or the algorithm's own when auto."""
+        return self.spec.loss_agg if self.ppo.loss_agg == "auto" else self.ppo.loss_agg
 
     @property
     def optimizer_batch_global(self) -> int:
         """Samples (pairs for preference losses) per optimiser step, all trainer actors together."""
-        return self.ppo.minibatch_samples_global if self.algorithm in ONLINE_ALGORITHMS else self.offline.batch_samples_global
+        return self.ppo.minibatch_samples_global if self.spec.update == "policy" else self.offline.batch_samples_global
 
     @model_validator(mode="after")
     def _check_batches(self) -> "Config":
-        if self.algorithm in ONLINE_ALGORITHMS:
+        spec = self.spec
+        if spec.update == "policy":
             samples = self.ppo.prompts_per_step_global * self.ppo.samples_per_prompt
             if samples % self.ppo.minibatch_samples_global:
                 raise ValueError(
@@ -302,19 +324,20 @@ class Config(_Strict):
         if tp > 1 and self.rollout.num_gpus_per_actor < tp:
             raise ValueError(f"rollout.tensor_parallel_size={tp} shards each engine over {tp} GPUs: set "
                              f"rollout.num_gpus_per_actor={tp} (now {self.rollout.num_gpus_per_actor:g})")
-        if self.algorithm in ("grpo", "rloo") and self.ppo.samples_per_prompt < 2:
+        if spec.group and self.ppo.samples_per_prompt < 2:
             raise ValueError(f"algorithm={self.algorithm} compares samples of one prompt: ppo.samples_per_prompt must be ≥ 2")
         if not self.is_online and not self.offline.train_file:
             raise ValueError(f"algorithm={self.algorithm} trains on a dataset: set offline.train_file")
+        if spec.objective == "cdpo" and self.offline.label_smoothing == 0:
+            raise ValueError("algorithm=cdpo needs offline.label_smoothing > 0 (e.g. 0.1); with 0 it is plain dpo")
         for role in ("learner", "critic", "reward"):
             r = getattr(self, role)
             if r.zero_stage == 3 and r.micro_batch_tokens_per_actor:
                 raise ValueError(f"{role}.micro_batch_tokens_per_actor={r.micro_batch_tokens_per_actor} needs every rank "
                                  f"to run its own number of forwards, which {role}.zero_stage=3 cannot (its "
                                  f"parameter gathers are collective): set it to 0 or use zero_stage ≤ 2")
-        roles = ("learner", "critic") if self.algorithm == "ppo" else ("reward",) if self.algorithm == "reward_model" else ("learner",)
-        key = "ppo.minibatch_samples_global" if self.algorithm in ONLINE_ALGORITHMS else "offline.batch_samples_global"
-        for role in roles:
+        key = "ppo.minibatch_samples_global" if spec.update == "policy" else "offline.batch_samples_global"
+        for role in spec.trained_roles:
             r = getattr(self, role)
             per_actor, rem = divmod(self.optimizer_batch_global, r.num_actors)
             if rem or per_actor % r.micro_batch_samples_per_actor:

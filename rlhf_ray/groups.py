@@ -3,11 +3,15 @@
 The controller never loops over actors itself: it calls a group, which either sends the same call
 to every rank (``call``) or splits a batch evenly across ranks and concatenates the answers in order
 (``map_batch``). Remote calls are awaited with a timeout that names the actor that hung.
+
+Methods are passed by reference, ``group.map_batch(PolicyLearner.compute_logprobs, batch)``, never
+by name: an editor follows them to their definition, and a method of another role's class fails at
+the call with both names, not deep inside Ray.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import ray
 import torch
@@ -24,6 +28,7 @@ class WorkerGroup:
     def __init__(self, role: str, worker_cls: type, cfg: Config, run_id: str = "run", placement_group=None):
         res: RoleResources = getattr(cfg, role)
         self.role = role
+        self.worker_cls = worker_cls
         self.placement_group = placement_group
         self.size = res.num_actors
         self.timeout = cfg.trainer.call_timeout_s
@@ -46,7 +51,7 @@ class WorkerGroup:
     def dead_ranks(self, timeout_s: float = 10.0) -> list[int]:
         """Ranks whose actor process is gone (killed, or its node lost). An actor that does not answer
         within ``timeout_s`` is alive but busy: a survivor stuck in a collective with a dead rank."""
-        refs = [a.identity.remote() for a in self.actors]
+        refs = self.call(self.worker_cls.identity)
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
         dead = []
         for rank, ref in enumerate(refs):
@@ -63,17 +68,29 @@ class WorkerGroup:
             ray.kill(self.actors[rank], no_restart=True)
             self.actors[rank] = self._spawn(rank)
 
-    def call(self, method: str, *args, **kwargs) -> list[ray.ObjectRef]:
+    def method_name(self, method: Callable) -> str:
+        """The name of ``method`` (a function of this group's worker class) on the actors."""
+        name = getattr(method, "__name__", None)
+        if name is None or getattr(self.worker_cls, name, None) is not method:
+            raise TypeError(f"{getattr(method, '__qualname__', method)!r} is not a method of {self.worker_cls.__name__}, "
+                            f"the class of the {self.role} actors")
+        return name
+
+    def call(self, method: Callable, *args, **kwargs) -> list[ray.ObjectRef]:
         """The same call on every rank."""
-        return [getattr(a, method).remote(*args, **kwargs) for a in self.actors]
+        name = self.method_name(method)
+        return [getattr(a, name).remote(*args, **kwargs) for a in self.actors]
 
-    def call_each(self, method: str, per_rank_args: Sequence[tuple]) -> list[ray.ObjectRef]:
-        return [getattr(a, method).remote(*args) for a, args in zip(self.actors, per_rank_args)]
+    def call_ranks(self, method: Callable, ranks: Sequence[int], *args) -> list[ray.ObjectRef]:
+        """The same call on the given ranks only."""
+        name = self.method_name(method)
+        return [getattr(self.actors[r], name).remote(*args) for r in ranks]
 
-    def map_batch(self, method: str, batch: Batch, *args) -> list[ray.ObjectRef]:
+    def map_batch(self, method: Callable, batch: Batch, *args) -> list[ray.ObjectRef]:
         """Splits ``batch`` evenly over the ranks; ``gather_cat`` joins the results in order."""
+        name = self.method_name(method)
         shards = split_batch(batch, self.size)
-        return [getattr(a, method).remote(s, *args) for a, s in zip(self.actors, shards)]
+        return [getattr(a, name).remote(s, *args) for a, s in zip(self.actors, shards)]
 
     def get(self, refs: list[ray.ObjectRef], what: str = "") -> list[Any]:
         """Results in order. Fails as soon as any call fails: when one rank of a data-parallel group

@@ -12,6 +12,8 @@ import shlex
 import time
 from pathlib import Path
 
+from rlhf_ray.config import load_config
+
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 # Never shipped to the cluster: environments, outputs, caches (the working dir is zipped and uploaded).
 EXCLUDES = [".venv/", "runs/", "wandb/", ".git/", "**/__pycache__/", "*.egg-info/", ".cache/", ".whl/"]
@@ -53,8 +55,6 @@ def runtime_env(working_dir: str, requirements: str | None = None, env: dict[str
 
 def submit(config_path: str | None, overrides: list[str], address: str | None = None, working_dir: str = ".",
            requirements: str | None = None, env: dict[str, str] | None = None, job_id: str | None = None) -> str:
-    from rlhf_ray.config import load_config
-
     load_config(config_path, overrides)  # fail here, not on the cluster
     c = client(address)
     return c.submit_job(entrypoint=build_entrypoint(config_path, overrides), submission_id=job_id,
@@ -64,9 +64,9 @@ def submit(config_path: str | None, overrides: list[str], address: str | None = 
 
 def follow(job_id: str, address: str | None = None, poll_s: float = 2.0, echo=print) -> str:
     """Prints new log lines until the job ends; returns its final status."""
+    c = client(address)  # first: it sets RAY_AUTH_MODE before Ray is imported
     from ray.job_submission import JobStatus
 
-    c = client(address)
     seen = 0
     while True:
         status = c.get_job_status(job_id)
@@ -80,9 +80,9 @@ def follow(job_id: str, address: str | None = None, poll_s: float = 2.0, echo=pr
 
 
 def wait(job_id: str, address: str | None = None, timeout_s: float = 1800, poll_s: float = 2.0) -> str:
+    c = client(address)  # first: it sets RAY_AUTH_MODE before Ray is imported
     from ray.job_submission import JobStatus
 
-    c = client(address)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status = c.get_job_status(job_id)

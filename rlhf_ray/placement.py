@@ -8,6 +8,11 @@ gets a placement group of its own. ``placement.strategy`` (PACK, SPREAD, ...) ap
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+import yaml
+from ray.util.placement_group import placement_group
 
 from rlhf_ray.config import Config
 
@@ -23,18 +28,8 @@ class GroupPlan:
 
 
 def active_roles(cfg: Config) -> list[str]:
-    """The roles an algorithm starts actors for."""
-    if cfg.algorithm == "ppo":
-        return ["rollout", "learner", "critic", "reference", "reward"]
-    if cfg.algorithm == "raft":
-        return ["rollout", "learner", "reward"]
-    if cfg.is_online:
-        return ["rollout", "learner", "reference", "reward"]
-    if cfg.algorithm == "reward_model":
-        return ["reward"]
-    if cfg.algorithm in ("sft", "simpo", "orpo"):
-        return ["learner"]
-    return ["learner", "reference"]
+    """The roles an algorithm starts actors for: its row of rlhf_ray.algorithms."""
+    return list(cfg.spec.roles)
 
 
 def plan(cfg: Config, roles: list[str] | None = None) -> list[GroupPlan]:
@@ -99,17 +94,12 @@ def _explain(cfg, plans, nodes, failed: GroupPlan, bundle) -> str:
 
 def cluster_nodes() -> list[dict[str, float]]:
     """CPU and GPU of each alive node of the connected Ray cluster."""
-    import ray
-
     return [{"CPU": n["Resources"].get("CPU", 0.0), "GPU": n["Resources"].get("GPU", 0.0)}
             for n in ray.nodes() if n["Alive"]]
 
 
 def create_placement_groups(cfg: Config, roles: list[str] | None = None, timeout_s: float = 120):
     """One placement group per plan, ready; returns {role: (pg, plan)}."""
-    import ray
-    from ray.util.placement_group import placement_group
-
     out = {}
     for p in plan(cfg, roles):
         bundles = [{k: v for k, v in b.items() if v > 0} or {"CPU": 0.001} for b in p.bundles]
@@ -127,10 +117,6 @@ def create_placement_groups(cfg: Config, roles: list[str] | None = None, timeout
 def nodes_from_cluster_file(path: str) -> list[dict[str, float]]:
     """The largest set of nodes a cluster file can bring up (Ray cluster launcher or KubeRay), as
     resource dicts for ``check_feasible``; raises naming the file and the missing field."""
-    from pathlib import Path
-
-    import yaml
-
     doc = yaml.safe_load(Path(path).read_text())
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: not a YAML mapping")

@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rlhf_ray.chat import chat_texts
 from rlhf_ray.config import Config
+from rlhf_ray.data.files import read_table
+from rlhf_ray.tasks.arithmetic import make_arithmetic_split
 
 
 @dataclass
@@ -19,15 +22,6 @@ class PromptSet:
     rows: list[dict]  # {"prompt": question text, "answer": reference answer}
     texts: list[str]  # after the chat template
     ids: list[list[int]]
-
-
-def chat_texts(tokenizer, questions: list[str], system_prompt: str | None, instruction: str) -> list[str]:
-    out = []
-    for q in questions:
-        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        messages.append({"role": "user", "content": q + instruction})
-        out.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-    return out
 
 
 def encode_prompts(tokenizer, rows: list[dict], cfg: Config, source: str, where: list[str] | None = None) -> PromptSet:
@@ -52,8 +46,6 @@ def load_task(cfg: Config, tokenizer) -> tuple[PromptSet, PromptSet]:
     """(train, held-out) prompt sets of ``cfg.task``: generated arithmetic, or rows of GSM8K/JSONL files."""
     t = cfg.task
     if t.name == "arithmetic":
-        from rlhf_ray.tasks.arithmetic import make_arithmetic_split
-
         train, held_out = make_arithmetic_split(t.n_train, t.n_eval, seed=cfg.trainer.seed, max_operand=t.max_operand)
         return encode_prompts(tokenizer, train, cfg, "task train"), encode_prompts(tokenizer, held_out, cfg, "task eval")
     (train, train_where), (held_out, eval_where) = load_prompt_files(cfg)
@@ -64,8 +56,6 @@ def load_task(cfg: Config, tokenizer) -> tuple[PromptSet, PromptSet]:
 def load_prompt_files(cfg: Config) -> tuple[tuple[list[dict], list[str]], tuple[list[dict], list[str]]]:
     """((train rows, where), (eval rows, where)) from task.train_file/eval_file; rows are
     {"prompt", "answer"}. Without an eval file the last n_eval rows of the train file are held out."""
-    from rlhf_ray.data.files import read_table
-
     t = cfg.task
     parse = _gsm8k_row if t.name == "gsm8k" else _jsonl_row
     train = read_table(t.train_file)

@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from rlhf_ray.roles.reward import check_scores, import_reward_function
+from rlhf_ray.reward_functions import check_scores, import_reward_function
 
 FIELDS = ("prompts", "responses", "answers")
 MAX_BODY_BYTES = 64 * 2**20  # a body this big is a bug upstream, not a batch worth reading into memory

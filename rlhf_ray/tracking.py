@@ -10,6 +10,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from ray.util.metrics import Gauge
+
 from rlhf_ray.config import Config
 
 
@@ -82,8 +84,6 @@ class RayMetrics:
                 "time/score", "time/update", "time/sync", "check/logprob_gap_mean")
 
     def __init__(self, run_name: str):
-        from ray.util.metrics import Gauge
-
         self.tags = {"run": run_name}
         self.gauges = {k: Gauge("rlhf_ray_" + k.replace("/", "_"), description=k, tag_keys=("run",))
                        for k in self.EXPORTED}

@@ -14,7 +14,8 @@ import pytest
 
 from conftest import tiny_overrides
 from rlhf_ray.config import load_config
-from rlhf_ray.trainers.online import TrainableLost
+from rlhf_ray.trainers.controller import TrainableLost
+from rlhf_ray.roles import Rollout
 
 
 def _kill(group, rank=0):
@@ -28,7 +29,7 @@ def test_killed_actors_restart_and_the_run_goes_on(local_ray, tiny_policy, tmp_p
     from rlhf_ray.trainers.ppo import PPOTrainer
 
     cfg = load_config(overrides=tiny_overrides(tiny_policy, tmp_path, "rollout.num_actors=2", "trainer.total_steps=5"))
-    trainer = PPOTrainer(cfg)
+    trainer = PPOTrainer.from_config(cfg)
     try:
         trainer.step(1)
         for step, role in enumerate(("rollout", "reward", "reference"), start=2):
@@ -40,7 +41,7 @@ def test_killed_actors_restart_and_the_run_goes_on(local_ray, tiny_policy, tmp_p
             assert all(math.isfinite(metrics[k]) for k in ("reward/mean", "kl/mean", "learner/policy_loss"))
             # a restarted engine serves the learner's weights, not the initial ones
             assert metrics["check/logprob_gap_mean"] < 1e-3
-        assert trainer.rollout.get(trainer.rollout.call("get_version")) == [4, 4]
+        assert trainer.rollout.get(trainer.rollout.call(Rollout.get_version)) == [4, 4]
         _kill(trainer.learner)
         with pytest.raises(TrainableLost, match=r"learner ranks \[0\] died") as lost:
             trainer.step(5)  # a step cannot recover a learner: fit() goes back to a checkpoint

@@ -53,10 +53,10 @@ def test_registry_register_get_names_and_duplicates():
 
 def test_importing_package_registers_everything():
     assert KL_ESTIMATORS.names() == ["k1", "k2", "k3"]
-    assert ADVANTAGE_ESTIMATORS.names() == ["gae", "grpo", "reinforce_pp", "rloo"]
-    assert POLICY_LOSSES.names() == ["ppo"]
+    assert ADVANTAGE_ESTIMATORS.names() == ["dr_grpo", "gae", "grpo", "reinforce_pp", "rloo"]
+    assert POLICY_LOSSES.names() == ["cispo", "gspo", "ppo"]
     assert VALUE_LOSSES.names() == ["clipped"]
-    assert PREFERENCE_LOSSES.names() == ["dpo", "ipo", "orpo", "simpo"]
+    assert PREFERENCE_LOSSES.names() == ["cdpo", "dpo", "ipo", "orpo", "simpo"]
 
 
 # ---------------------------------------------------------------- masked helpers

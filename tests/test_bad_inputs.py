@@ -75,7 +75,7 @@ def _assert_fails_before_actors(cfg, exc, message):
 
     before = len(ray.util.list_named_actors(all_namespaces=True)) if ray.is_initialized() else 0
     with pytest.raises(exc) as e:
-        PPOTrainer(cfg)
+        PPOTrainer.from_config(cfg)
     assert message in str(e.value), str(e.value)
     after = len(ray.util.list_named_actors(all_namespaces=True)) if ray.is_initialized() else 0
     assert after == before
@@ -151,7 +151,7 @@ def test_layout_the_cluster_cannot_hold(local_ray, tiny_policy, tmp_path):
 
 # ------------------------------------------------------------------ reward answers and checkpoints
 def test_reward_answers_are_checked():
-    from rlhf_ray.roles.reward import check_scores
+    from rlhf_ray.reward_functions import check_scores
 
     with pytest.raises(ValueError, match="returned 1 scores for 3 samples"):
         check_scores(bad_reward_count([], ["a", "b", "c"], []), 3, "reward.function x")

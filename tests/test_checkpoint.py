@@ -52,7 +52,7 @@ def _run(policy, run_dir, steps, *extra):
     from rlhf_ray.trainers.ppo import PPOTrainer
 
     cfg = load_config(overrides=tiny_overrides(policy, run_dir, f"trainer.total_steps={steps}", *extra))
-    trainer = PPOTrainer(cfg)
+    trainer = PPOTrainer.from_config(cfg)
     try:
         trainer.fit()
     finally:

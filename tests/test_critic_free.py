@@ -14,7 +14,7 @@ from rlhf_ray.config import ConfigError, load_config
 from rlhf_ray.prompts import PromptSampler
 from rlhf_ray.trainers.best_of_n import best_rows
 from rlhf_ray.trainers.estimate import estimate_advantages, group_metrics
-from rlhf_ray.trainers.online import OnlineController, repeat_prompts
+from rlhf_ray.trainers.inputs import PromptInputs, repeat_prompts
 from rlhf_ray.trainers.raft import select_samples, whole_steps
 
 
@@ -26,10 +26,10 @@ def _cfg(algorithm, *extra, n=3):
 
 
 def _controller_rows(prompts, n, seed=3):
-    """The rows the controller's step samples, without starting any actor."""
-    ctl = object.__new__(OnlineController)
-    ctl.sampler = PromptSampler(size=50, seed=seed)
-    return ctl.sample_rows(prompts, n)
+    """The rows the controller's step samples: the run's inputs alone, no actor started."""
+    inputs = PromptInputs(cfg=None, model_paths={}, tokenizer=None, sampler=PromptSampler(size=50, seed=seed),
+                          train_set=None, eval_set=None)
+    return inputs.sample_rows(prompts, n)
 
 
 def test_controller_layout_is_what_group_estimators_read():

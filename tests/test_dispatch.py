@@ -60,7 +60,7 @@ def test_doubling_real_engines_halves_each_share(local_ray, tiny_policy, n_engin
                                  f"rollout.num_actors={n_engines}", "rollout.num_cpus_per_actor=0.1"])
     group = WorkerGroup("rollout", Rollout, cfg, f"dispatch{n_engines}")
     try:
-        group.get(group.call("init_model", tiny_policy))
+        group.get(group.call(Rollout.init_model, tiny_policy))
         # every chunk in flight at once: the split no longer depends on how busy the test machine is
         out = generate_balanced(group.actors, [[5, 6, 7]] * 64, greedy=True, seed=0, chunks_per_engine=4, inflight=4)
     finally:

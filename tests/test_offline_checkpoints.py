@@ -21,7 +21,7 @@ def _dpo(policy, run_dir, data, steps, *extra):
     # the top would feed steps 3-4 the pairs of steps 1-2 again.
     cfg = load_config(overrides=overrides(policy, run_dir, data, "dpo", f"offline.max_steps={steps}",
                                           "offline.eval_every=2", "learner.lr=5e-3", "trainer.seed=5", *extra))
-    return fit(OfflineTrainer(cfg))
+    return fit(OfflineTrainer.from_config(cfg))
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_reward_model_resume_restores_the_reward_group(local_ray, tiny_policy, t
     data = write_pairs(tmp_path / "pairs.jsonl", n=8)
 
     def trainer(*extra):
-        return RewardModelTrainer(load_config(overrides=overrides(tiny_policy, tmp_path / "run", data, "reward_model",
+        return RewardModelTrainer.from_config(load_config(overrides=overrides(tiny_policy, tmp_path / "run", data, "reward_model",
                                                                   *extra)))
 
     first = fit(trainer())
@@ -120,7 +120,7 @@ def _raft(policy, reward_model, run_dir, rounds, *extra):
         "raft.samples_per_prompt=2", "offline.batch_samples_global=4", "rollout.backend=hf", "reward.kind=model",
         f"reward.model_path={reward_model}", "reward.micro_batch_samples_per_actor=4", "trainer.eval_every=1",
         "trainer.save_hf=false", "learner.lr=5e-3", *extra))
-    trainer = RaftTrainer(cfg)
+    trainer = RaftTrainer.from_config(cfg)
     try:
         return trainer.fit()
     finally:

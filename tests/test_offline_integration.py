@@ -96,7 +96,7 @@ def test_dpo_learns_and_saves_loadable_policy(local_ray, tiny_policy, tmp_path):
     data = write_pairs(tmp_path / "pairs.jsonl")
     cfg = load_config(overrides=overrides(tiny_policy, tmp_path / "run", data, "dpo", "offline.max_steps=6",
                                           "learner.lr=5e-3", "offline.save_final=true", "offline.eval_every=3"))
-    trainer = OfflineTrainer(cfg)
+    trainer = OfflineTrainer.from_config(cfg)
     summary = fit(trainer)
     before, after = summary["eval"][0], summary["eval"][6]
     assert set(summary["eval"]) == {0, 3, 6}
@@ -131,7 +131,7 @@ def test_reference_precompute_equals_per_batch(local_ray, tiny_policy, tmp_path)
     data = write_pairs(tmp_path / "pairs.jsonl", n=12)
     cfg = load_config(overrides=overrides(tiny_policy, tmp_path / "run", data, "dpo", "offline.reference_logprobs=per_batch",
                                           "offline.max_steps=3"))
-    trainer = OfflineTrainer(cfg)
+    trainer = OfflineTrainer.from_config(cfg)
     try:
         cached = trainer.precompute_reference()  # what precompute mode stores: length-sorted chunks
         assert sorted(cached) == list(range(12)) and all(v.shape == (2,) for v in cached.values())
@@ -193,7 +193,7 @@ def test_reward_model_trains_saves_and_loads_in_reward_role(local_ray, tiny_poli
     data = write_pairs(tmp_path / "pairs.jsonl")
     cfg = load_config(overrides=overrides(tiny_policy, tmp_path / "run", data, "reward_model", "offline.max_steps=4",
                                           "offline.save_final=true", "offline.rm_margin=0.5"))
-    trainer = RewardModelTrainer(cfg)
+    trainer = RewardModelTrainer.from_config(cfg)
     summary = fit(trainer)
     rows = metrics_rows(tmp_path / "run")
     check_finite(rows[1:], ["reward/loss", "reward/accuracy", "reward/margin", "reward/grad_norm"])

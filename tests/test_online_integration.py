@@ -1,4 +1,4 @@
-"""GRPO, RLOO, REINFORCE++, RAFT and best-of-n end to end through real Ray actors with tiny models.
+"""GRPO, Dr. GRPO, GSPO, CISPO, RLOO, REINFORCE++, RAFT and best-of-n end to end through real Ray actors with tiny models.
 
 The tiny policy answers no arithmetic question, so a rule reward would score every sample 0 and give
 the critic-free methods no signal at all: these runs score with the tiny reward model instead."""
@@ -12,6 +12,7 @@ import pytest
 
 from conftest import tiny_overrides
 from rlhf_ray.config import load_config
+from rlhf_ray.roles import Rollout
 from test_ppo_integration import LOGPROB_GAP_TOL, _max_gap, _metrics, _probe
 
 
@@ -24,7 +25,7 @@ def _started(ray, run_id: str) -> set[str]:
 def _check_synced(trainer, before, version):
     """Every engine serves the learner's new weights at the learner's version."""
     after, engines = _probe(trainer)
-    assert trainer.rollout.get(trainer.rollout.call("get_version")) == [version] * trainer.rollout.size
+    assert trainer.rollout.get(trainer.rollout.call(Rollout.get_version)) == [version] * trainer.rollout.size
     assert _max_gap(before, after) > 1e-3, "the learner's weights never changed"
     for engine in engines:
         assert _max_gap(engine, after) < LOGPROB_GAP_TOL
@@ -39,6 +40,9 @@ def _overrides(policy, reward_model, run_dir, *extra):
     ("grpo", ["ppo.kl.placement=loss", "ppo.kl.estimator=k3", "ppo.kl.coef=0.04"]),
     ("rloo", ["rollout.backend=hf", "ppo.whiten_advantages=false"]),
     ("reinforce_pp", ["rollout.backend=hf"]),
+    ("gspo", ["rollout.backend=hf", "ppo.clip_eps=3e-4", "ppo.clip_eps_high=4e-4"]),
+    ("cispo", ["rollout.backend=hf", "ppo.clip_eps=1.0", "ppo.clip_eps_high=0.28"]),
+    ("dr_grpo", []),
 ])
 def test_critic_free_two_steps(local_ray, tiny_policy, tiny_reward_model, tmp_path, algorithm, extra):
     from rlhf_ray.trainers.ppo import PPOTrainer
@@ -47,7 +51,7 @@ def test_critic_free_two_steps(local_ray, tiny_policy, tiny_reward_model, tmp_pa
         pytest.importorskip("vllm")
     cfg = load_config(overrides=_overrides(tiny_policy, tiny_reward_model, tmp_path, f"algorithm={algorithm}",
                                            "ppo.prompts_per_step_global=2", "ppo.samples_per_prompt=4", *extra))
-    trainer = PPOTrainer(cfg)
+    trainer = PPOTrainer.from_config(cfg)
     try:
         assert trainer.critic is None
         assert _started(local_ray, trainer.run_id) == {"rollout", "learner", "reference", "reward"}
@@ -77,7 +81,7 @@ def test_raft_two_rounds_raise_the_selected_logprob(local_ray, tiny_policy, tmp_
     cfg = load_config(overrides=tiny_overrides(
         tiny_policy, tmp_path, "algorithm=raft", "raft.rounds=2", "raft.prompts_per_round=4",
         "raft.samples_per_prompt=4", "raft.sft_epochs=2", "offline.batch_samples_global=4", "trainer.eval_every=1"))
-    trainer = RaftTrainer(cfg)
+    trainer = RaftTrainer.from_config(cfg)
     try:
         assert _started(local_ray, trainer.run_id) == {"rollout", "learner", "reward"}
         before, _ = _probe(trainer)

@@ -8,7 +8,8 @@ import torch
 
 from rlhf_ray.batch import build_batch, micro_batches
 from rlhf_ray.models.forward import response_logprobs, sequence_logprobs
-from rlhf_ray.models.packing import first_fit_decreasing, pack, packing_matches
+from rlhf_ray.models.packing import first_fit_decreasing, pack
+from rlhf_ray.models.packing_check import packing_matches
 
 
 def ragged_batch(seed: int = 0, rows: int = 6, vocab: int = 500) -> dict:

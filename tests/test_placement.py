@@ -59,7 +59,7 @@ def _landed(local_ray, cfg, classes):
 
     groups = start_groups(cfg, classes, "placement-test")
     try:
-        return {role: g.get(g.call("identity")) for role, g in groups.items()}
+        return {role: g.get(g.call(g.worker_cls.identity)) for role, g in groups.items()}
     finally:
         shutdown_groups(groups)
 

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import tiny_overrides
 from rlhf_ray.config import load_config
+from rlhf_ray.roles import PolicyLearner, Rollout
 
 # vLLM's CPU kernels and transformers agree to ~5e-7 on fp32; 1e-3 leaves room for summation order
 # yet a stale or half-applied weight sync moves log-probs by far more.
@@ -22,9 +23,9 @@ def _probe(trainer):
     prompts = trainer.train_set.ids[:3]
     responses = [trainer.tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("12", "7 + 5 = 12", "no")]
     batch = build_batch(prompts, responses, trainer.tokenizer.pad_token_id)
-    learner = trainer.learner.gather_cat(trainer.learner.map_batch("compute_logprobs", batch))
+    learner = trainer.learner.gather_cat(trainer.learner.map_batch(PolicyLearner.compute_logprobs, batch))
     learner = [row[:len(r)].tolist() for row, r in zip(learner, responses)]
-    engines = trainer.rollout.get(trainer.rollout.call("score_logprobs", prompts, responses))
+    engines = trainer.rollout.get(trainer.rollout.call(Rollout.score_logprobs, prompts, responses))
     return learner, engines
 
 
@@ -36,12 +37,12 @@ def _fit(cfg):
     """Trains, then checks every engine serves the learner's weights at the learner's version."""
     from rlhf_ray.trainers.ppo import PPOTrainer
 
-    trainer = PPOTrainer(cfg)
+    trainer = PPOTrainer.from_config(cfg)
     try:
         before, _ = _probe(trainer)
         summary = trainer.fit()
         after, engines = _probe(trainer)
-        versions = trainer.rollout.get(trainer.rollout.call("get_version"))
+        versions = trainer.rollout.get(trainer.rollout.call(Rollout.get_version))
         assert trainer.version == cfg.trainer.total_steps
         assert versions == [trainer.version] * cfg.rollout.num_actors
         assert _max_gap(before, after) > 1e-3, "the learner's weights never changed"
@@ -110,10 +111,10 @@ def test_async_rollout_is_one_step_off_policy_and_corrected(local_ray, tiny_poli
         run_dir = tmp_path / mode
         cfg = load_config(overrides=tiny_overrides(tiny_policy, run_dir, f"ppo.async_rollout={mode}",
                                                    "trainer.total_steps=3"))
-        trainer = PPOTrainer(cfg)
+        trainer = PPOTrainer.from_config(cfg)
         try:
             trainer.fit()
-            assert trainer.rollout.get(trainer.rollout.call("get_version")) == [3]
+            assert trainer.rollout.get(trainer.rollout.call(Rollout.get_version)) == [3]
         finally:
             trainer.shutdown()
         runs[mode] = _metrics(run_dir)[1:]

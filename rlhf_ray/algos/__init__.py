@@ -24,10 +24,10 @@ from .kl import (
     kl_k3,
     kl_penalized_rewards,
 )
-from .advantages import gae, grpo, reinforce_pp, rloo
+from .advantages import dr_grpo, gae, grpo, reinforce_pp, rloo
+from .aggregate import AGGREGATIONS, Normalizer, aggregate_loss, mean_over_units
 from .offpolicy import is_weight_metrics, truncated_is_weights
 from .losses import (
-    aggregate_loss,
     bradley_terry_loss,
     clipped_value_loss,
     dpo_loss,
@@ -35,6 +35,8 @@ from .losses import (
     kto_loss,
     kto_reference_point,
     orpo_loss,
+    cispo_policy_loss,
+    gspo_policy_loss,
     ppo_policy_loss,
     preference_metrics,
     sft_loss,
@@ -47,8 +49,9 @@ __all__ = [
     "masked_sum", "masked_mean", "masked_var", "masked_whiten", "mask_from_lengths",
     "logprobs_from_logits", "entropy_from_logits",
     "kl_k1", "kl_k2", "kl_k3", "kl_penalized_rewards", "FixedKLController", "AdaptiveKLController",
-    "gae", "grpo", "rloo", "reinforce_pp",
-    "aggregate_loss", "ppo_policy_loss", "clipped_value_loss", "sft_loss", "bradley_terry_loss",
+    "gae", "grpo", "dr_grpo", "rloo", "reinforce_pp",
+    "AGGREGATIONS", "Normalizer", "aggregate_loss", "mean_over_units",
+    "ppo_policy_loss", "gspo_policy_loss", "cispo_policy_loss", "clipped_value_loss", "sft_loss", "bradley_terry_loss",
     "preference_metrics", "dpo_loss", "ipo_loss", "simpo_loss", "orpo_loss",
     "kto_loss", "kto_reference_point", "truncated_is_weights", "is_weight_metrics",
 ]

@@ -6,14 +6,21 @@ controller can pass one bundle to whichever estimator the config names:
     adv, ret = ADVANTAGE_ESTIMATORS.get(name)(
         token_rewards=..., values=..., scores=..., mask=..., gamma=..., lam=..., group_size=...)
 
-    gae           token_rewards, values, mask, gamma, lam
+    gae           token_rewards, values, mask, gamma, lam, normalize_std
     grpo          scores, group_size, mask, eps, normalize_std
-    rloo          scores, group_size, mask
-    reinforce_pp  token_rewards, mask, gamma
+    dr_grpo       scores, group_size, mask
+    rloo          scores, group_size, mask, normalize_std
+    reinforce_pp  token_rewards, mask, gamma, normalize_std
 
 Each returns ``(advantages [B, T], returns [B, T])``, detached and zero at
 padding. Masks are prefix masks (``mask_from_lengths``). Group estimators
 expect the n samples of one prompt in consecutive rows.
+
+``normalize_std`` (the config's ``ppo.whiten_advantages``) is each method's own
+normalisation: GAE whitens over the batch's tokens, GRPO divides by the group's
+std, RLOO by the batch's (never re-centring: its advantages are already zero-mean
+per group, and re-centring would give a group with no signal a non-zero
+advantage), REINFORCE++ whitens its returns. Dr. GRPO never normalises.
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from .masked import masked_whiten
+from .masked import masked_var, masked_whiten
 from .registry import ADVANTAGE_ESTIMATORS
 
 
@@ -59,19 +66,23 @@ def gae(
     mask: Tensor,
     gamma: float = 1.0,
     lam: float = 0.95,
+    normalize_std: bool = False,
     **_unused,
 ) -> Tuple[Tensor, Tensor]:
     """Generalised Advantage Estimation (Schulman et al. 2016).
 
     delta_t = r_t + gamma * V_{t+1} - V_t, with V = 0 after the last valid token
     A_t = delta_t + gamma * lam * A_{t+1};   returns R_t = A_t + V_t
+    ``normalize_std``: A whitened over the batch's valid tokens (returns unchanged).
     """
     dtype = torch.promote_types(values.dtype, torch.float32)
     m = mask.to(dtype)
-    # Zeroing padded values makes V_{t+1} = 0 right after the last valid token
-    # (the episode ends there), and zeroing rewards keeps padding at A = 0.
-    v = values.to(dtype) * m
-    r = token_rewards.to(dtype) * m
+    # Padded values become 0, so V_{t+1} = 0 right after the last valid token (the episode ends
+    # there), and padded rewards 0, so padding keeps A = 0. Selected, not multiplied: a NaN or inf
+    # at padding (a value head's garbage past the end) times 0 is still NaN and would spread.
+    zero = torch.zeros((), dtype=dtype)
+    v = torch.where(mask != 0, values.to(dtype), zero)
+    r = torch.where(mask != 0, token_rewards.to(dtype), zero)
     T = v.shape[1]
     adv = torch.zeros_like(v)
     running = torch.zeros_like(v[:, 0])
@@ -80,7 +91,8 @@ def gae(
         delta = r[:, t] + gamma * next_v - v[:, t]
         running = (delta + gamma * lam * running) * m[:, t]
         adv[:, t] = running
-    return adv, (adv + v) * m
+    returns = (adv + v) * m
+    return (masked_whiten(adv, mask) if normalize_std else adv), returns
 
 
 @ADVANTAGE_ESTIMATORS.register("grpo")
@@ -108,33 +120,46 @@ def grpo(
     return adv, adv.clone()
 
 
+@ADVANTAGE_ESTIMATORS.register("dr_grpo")
+@torch.no_grad()
+def dr_grpo(scores: Tensor, group_size: int, mask: Tensor, **_unused) -> Tuple[Tensor, Tensor]:
+    """Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training"): A_i = s_i - mean_g(s),
+    with no division by the group's std, which up-weights prompts that are almost always right or
+    wrong (its length normalisation is the seq-mean-token-sum-norm aggregation). returns = advantages.
+    """
+    return grpo(scores, group_size, mask, normalize_std=False)
+
+
 @ADVANTAGE_ESTIMATORS.register("rloo")
 @torch.no_grad()
-def rloo(scores: Tensor, group_size: int, mask: Tensor, **_unused) -> Tuple[Tensor, Tensor]:
+def rloo(scores: Tensor, group_size: int, mask: Tensor, normalize_std: bool = False, **_unused) -> Tuple[Tensor, Tensor]:
     """REINFORCE Leave-One-Out (Kool et al. 2019; Ahmadian et al. 2024).
 
     A_i = s_i - (sum_g(s) - s_i) / (n - 1), broadcast over row i's valid tokens.
-    returns = advantages.
+    ``normalize_std``: A / std over the batch's valid tokens, not re-centred. returns = advantages.
     """
     if group_size < 2:
         raise ValueError(f"rloo needs group_size >= 2 for a leave-one-out baseline, got {group_size}")
     g = _grouped(scores.float(), group_size)
     baseline = (g.sum(dim=1, keepdim=True) - g) / (group_size - 1)
     adv = _broadcast((g - baseline).reshape(-1), mask)
+    if normalize_std:
+        adv = adv * torch.rsqrt(masked_var(adv, mask) + 1e-8)
     return adv, adv.clone()
 
 
 @ADVANTAGE_ESTIMATORS.register("reinforce_pp")
 @torch.no_grad()
 def reinforce_pp(
-    token_rewards: Tensor, mask: Tensor, gamma: float = 1.0, **_unused
+    token_rewards: Tensor, mask: Tensor, gamma: float = 1.0, normalize_std: bool = True, **_unused
 ) -> Tuple[Tensor, Tensor]:
     """REINFORCE++ (Hu 2025).
 
     G_t = sum_{k >= t} gamma^(k - t) r_k over valid tokens (r are the
-    KL-penalised token rewards); A = masked_whiten(G) over the whole batch.
-    Returns ``(A, G)``.
+    KL-penalised token rewards); A = masked_whiten(G) over the whole batch
+    (``normalize_std=False``: A = G, plain REINFORCE). Returns ``(A, G)``.
     """
     m = mask.to(torch.promote_types(token_rewards.dtype, torch.float32))
-    returns = _discounted_cumsum(token_rewards.to(m.dtype) * m, gamma) * m
-    return masked_whiten(returns, mask), returns
+    r = torch.where(mask != 0, token_rewards.to(m.dtype), torch.zeros((), dtype=m.dtype))
+    returns = _discounted_cumsum(r, gamma) * m
+    return (masked_whiten(returns, mask) if normalize_std else returns), returns

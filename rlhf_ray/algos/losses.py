@@ -12,25 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .aggregate import Normalizer, aggregate_loss, mean_over_units
 from .kl import LOG_RATIO_CLAMP
 from .masked import masked_mean
 from .registry import POLICY_LOSSES, PREFERENCE_LOSSES, VALUE_LOSSES
 
 Metrics = Dict[str, float]
-
-
-def aggregate_loss(loss_tok: Tensor, mask: Tensor, agg: str = "token-mean") -> Tensor:
-    """Reduce a [B, T] per-token loss.
-
-    "token-mean":          sum_bt l m / sum_bt m (long answers weigh more)
-    "seq-mean-token-mean": mean over non-empty rows of (sum_t l m / sum_t m)
-    """
-    if agg == "token-mean":
-        return masked_mean(loss_tok, mask)
-    if agg == "seq-mean-token-mean":
-        nonempty = (mask != 0).any(dim=-1)
-        return masked_mean(masked_mean(loss_tok, mask, dim=-1), nonempty)
-    raise ValueError(f"unknown loss aggregation '{agg}'; choose one of: seq-mean-token-mean, token-mean")
 
 
 @POLICY_LOSSES.register("ppo")
@@ -43,12 +30,14 @@ def ppo_policy_loss(
     clip_eps_high: Optional[float] = None,
     agg: str = "token-mean",
     is_weights: Optional[Tensor] = None,
+    norm: Optional[Normalizer] = None,
 ) -> Tuple[Tensor, Metrics]:
     """PPO clipped surrogate (Schulman et al. 2017), rho = exp(logp - old_logp):
 
     l_t = -w_t min(rho A, clip(rho, 1 - eps, 1 + eps_high) A),  eps_high defaults to eps
     (a larger eps_high is DAPO's "clip-higher"); w_t = 1, or the (detached) truncated importance
     weight π_old/π_behaviour when the samples came from another policy (see truncated_is_weights).
+    Every policy loss aggregates with ``agg`` over the step that ``norm`` counts (rlhf_ray.algos.aggregate).
     """
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
     log_ratio = logp - old_logp
@@ -57,16 +46,88 @@ def ppo_policy_loss(
     surr = ratio * advantages
     surr_clipped = ratio.clamp(1.0 - clip_eps, 1.0 + eps_high) * advantages
     loss_tok = -torch.minimum(surr, surr_clipped)
+    return _weighted_loss(loss_tok, mask, agg, is_weights, norm), _ratio_metrics(log_ratio, ratio, surr_clipped < surr, mask)
+
+
+def _weighted_loss(loss_tok: Tensor, mask: Tensor, agg: str, is_weights: Optional[Tensor],
+                   norm: Optional[Normalizer]) -> Tensor:
     if is_weights is not None:
         loss_tok = loss_tok * is_weights.detach()
-    loss = aggregate_loss(loss_tok, mask, agg)
-    with torch.no_grad():
-        metrics = {
-            "clipfrac": masked_mean((surr_clipped < surr).float(), mask).item(),
-            "approx_kl": masked_mean(0.5 * log_ratio**2, mask).item(),
-            "ratio_mean": masked_mean(ratio, mask).item(),
-        }
-    return loss, metrics
+    return aggregate_loss(loss_tok, mask, agg, norm)
+
+
+@torch.no_grad()
+def _ratio_metrics(log_ratio: Tensor, ratio: Tensor, clipped: Tensor, mask: Tensor) -> Metrics:
+    return {
+        "clipfrac": masked_mean(clipped.float(), mask).item(),
+        "approx_kl": masked_mean(0.5 * log_ratio.detach() ** 2, mask).item(),
+        "ratio_mean": masked_mean(ratio.detach(), mask).item(),
+    }
+
+
+@POLICY_LOSSES.register("gspo")
+def gspo_policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_eps: float = 3e-4,
+    clip_eps_high: Optional[float] = None,
+    agg: str = "seq-mean-token-mean",
+    is_weights: Optional[Tensor] = None,
+    norm: Optional[Normalizer] = None,
+) -> Tuple[Tensor, Metrics]:
+    """GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization"): one importance ratio per
+    sequence, length-normalised, clipped per sequence:
+
+    s_i = (π(y_i|x) / π_old(y_i|x))^(1/|y_i|) = exp(mean_t (logp - old_logp))
+    J   = mean_i min(s_i A_i, clip(s_i, 1 - eps, 1 + eps_high) A_i)
+
+    Computed in the paper's GSPO-token form, s_i,t = sg[s_i] · π(y_t)/sg[π(y_t)], whose value is
+    s_i on every token and whose gradient with a per-sequence advantage and the seq-mean-token-mean
+    aggregation equals GSPO's. The paper's clip range is tiny (3e-4 / 4e-4): a sequence ratio is a
+    geometric mean. A clipped sequence contributes no gradient at all.
+    """
+    eps_high = clip_eps if clip_eps_high is None else clip_eps_high
+    log_ratio = logp - old_logp
+    seq_log_ratio = masked_mean(log_ratio, mask, dim=-1).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    # value s_i on every token, gradient s_i · ∇logp_t
+    ratio = torch.exp(seq_log_ratio.detach().unsqueeze(-1) + logp - logp.detach())
+    surr = ratio * advantages
+    surr_clipped = ratio.clamp(1.0 - clip_eps, 1.0 + eps_high) * advantages
+    loss_tok = -torch.minimum(surr, surr_clipped)
+    metrics = _ratio_metrics(log_ratio, ratio, surr_clipped < surr, mask)
+    metrics["seq_ratio_mean"] = masked_mean(ratio.detach(), mask).item()
+    return _weighted_loss(loss_tok, mask, agg, is_weights, norm), metrics
+
+
+@POLICY_LOSSES.register("cispo")
+def cispo_policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_eps: float = 0.2,
+    clip_eps_high: Optional[float] = None,
+    agg: str = "token-mean",
+    is_weights: Optional[Tensor] = None,
+    norm: Optional[Normalizer] = None,
+) -> Tuple[Tensor, Metrics]:
+    """CISPO (MiniMax-M1, MiniMax 2025): REINFORCE on every token, weighted by a clipped,
+    stop-gradient importance ratio:
+
+    l_t = -sg(clip(rho_t, 1 - eps, 1 + eps_high)) · A_t · logp_t,   rho_t = exp(logp_t - old_logp_t)
+
+    Unlike PPO's clip, which drops a token's gradient once its ratio leaves the range, CISPO keeps
+    every token's gradient and only bounds its weight (the paper aggregates by token-mean over the batch).
+    """
+    eps_high = clip_eps if clip_eps_high is None else clip_eps_high
+    log_ratio = logp - old_logp
+    ratio = torch.exp(log_ratio.detach().clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    weight = ratio.clamp(1.0 - clip_eps, 1.0 + eps_high)
+    loss_tok = -weight * advantages * logp
+    clipped = (ratio < 1.0 - clip_eps) | (ratio > 1.0 + eps_high)
+    return _weighted_loss(loss_tok, mask, agg, is_weights, norm), _ratio_metrics(log_ratio, ratio, clipped, mask)
 
 
 @VALUE_LOSSES.register("clipped")
@@ -77,12 +138,13 @@ def clipped_value_loss(
     mask: Tensor,
     clip_eps: float = 0.2,
     agg: str = "token-mean",
+    norm: Optional[Normalizer] = None,
 ) -> Tuple[Tensor, Metrics]:
     """l_t = 0.5 * max((v - R)^2, (v_old + clip(v - v_old, -eps, eps) - R)^2)."""
     v_clipped = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
     l_raw = (values - returns) ** 2
     l_clip = (v_clipped - returns) ** 2
-    loss = 0.5 * aggregate_loss(torch.maximum(l_raw, l_clip), mask, agg)
+    loss = 0.5 * aggregate_loss(torch.maximum(l_raw, l_clip), mask, agg, norm)
     with torch.no_grad():
         metrics = {
             "vf_clipfrac": masked_mean((l_clip > l_raw).float(), mask).item(),
@@ -91,17 +153,18 @@ def clipped_value_loss(
     return loss, metrics
 
 
-def sft_loss(logp: Tensor, mask: Tensor) -> Tensor:
-    """Negative mean log-likelihood over response tokens: -sum(logp m) / sum(m)."""
-    return -masked_mean(logp, mask)
+def sft_loss(logp: Tensor, mask: Tensor, norm: Optional[Normalizer] = None) -> Tensor:
+    """Negative mean log-likelihood over response tokens: -sum(logp m) / sum(m), the sum over the step."""
+    return aggregate_loss(-logp, mask, "token-mean", norm)
 
 
 def bradley_terry_loss(
-    chosen_scores: Tensor, rejected_scores: Tensor, margin: Union[Tensor, float, None] = None
+    chosen_scores: Tensor, rejected_scores: Tensor, margin: Union[Tensor, float, None] = None,
+    norm: Optional[Normalizer] = None,
 ) -> Tuple[Tensor, Metrics]:
-    """Reward-model loss: mean_b -log sigma(r_w - r_l - margin) (margin as in Llama 2)."""
+    """Reward-model loss: mean_b -log sigma(r_w - r_l - margin) (margin as in Llama 2), the mean over the step."""
     diff = chosen_scores - rejected_scores
-    loss = -F.logsigmoid(diff - (0.0 if margin is None else margin)).mean()
+    loss = mean_over_units(-F.logsigmoid(diff - (0.0 if margin is None else margin)), norm)
     with torch.no_grad():
         metrics = {"accuracy": (diff > 0).float().mean().item(), "margin": diff.mean().item()}
     return loss, metrics
@@ -130,6 +193,7 @@ def _require(name: str, **tensors: Optional[Tensor]) -> None:
         raise ValueError(f"{name} loss needs {', '.join(missing)}")
 
 
+@PREFERENCE_LOSSES.register("cdpo")  # conservative DPO: DPO whose label_smoothing must be > 0
 @PREFERENCE_LOSSES.register("dpo")
 def dpo_loss(
     policy_chosen_logps: Tensor,

@@ -16,23 +16,20 @@ from torch import Tensor
 if TYPE_CHECKING:  # the algos stay importable without the config layer
     from rlhf_ray.config import OfflineConfig
 
+from .aggregate import Normalizer, mean_over_units
 from .losses import kto_loss, preference_metrics
 from .registry import PREFERENCE_LOSSES
 
-REFERENCE_FREE = ("simpo", "orpo")
 
+def preference_objective(objective: str, oc: OfflineConfig, logps: Tensor, lengths: Tensor,
+                         ref_logps: Tensor | None = None, norm: Normalizer | None = None) -> tuple[Tensor, dict[str, float]]:
+    """Mean preference loss of adjacent (chosen, rejected) rows over the step ``norm`` counts (in
+    pairs), and its metrics (means over this batch).
 
-def needs_reference(algorithm: str) -> bool:
-    return algorithm not in REFERENCE_FREE + ("sft", "reward_model")
-
-
-def preference_objective(algorithm: str, oc: OfflineConfig, logps: Tensor, lengths: Tensor,
-                         ref_logps: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-    """Mean preference loss of adjacent (chosen, rejected) rows, and its metrics.
-
-    cdpo is dpo with label smoothing ε. The implicit rewards are the loss's own: β·log π/π_ref for
-    dpo/ipo/cdpo, and the length-normalised log-prob (times β) for the reference-free simpo/orpo."""
-    fn = PREFERENCE_LOSSES.get("dpo" if algorithm == "cdpo" else algorithm)
+    ``objective`` is a PREFERENCE_LOSSES entry; cdpo is dpo with label smoothing ε. The implicit
+    rewards are the loss's own: β·log π/π_ref for dpo/ipo/cdpo, and the length-normalised log-prob
+    (times β) for the reference-free simpo/orpo."""
+    fn = PREFERENCE_LOSSES.get(objective)
     ref_c = ref_r = None
     if ref_logps is not None:
         ref_c, ref_r = ref_logps[0::2].to(logps), ref_logps[1::2].to(logps)
@@ -40,9 +37,9 @@ def preference_objective(algorithm: str, oc: OfflineConfig, logps: Tensor, lengt
     losses, rc, rr = fn(logps[0::2], logps[1::2], ref_c, ref_r, beta=oc.beta, label_smoothing=oc.label_smoothing,
                         gamma=oc.simpo_gamma, lam=oc.orpo_lambda, chosen_lengths=lengths[0::2],
                         rejected_lengths=lengths[1::2])
-    loss = losses.mean()
+    loss = mean_over_units(losses, norm)
     c, r = logps[0::2].detach(), logps[1::2].detach()
-    metrics = {"loss": loss.item(), **preference_metrics(rc, rr), "logps_chosen": c.mean().item(),
+    metrics = {"loss": losses.mean().item(), **preference_metrics(rc, rr), "logps_chosen": c.mean().item(),
                "logps_rejected": r.mean().item(),
                # Reference-free and meaningful before training (when every DPO implicit reward is 0):
                # does the policy give the chosen response the higher mean log-prob per token?
@@ -61,19 +58,20 @@ def kto_reference_point_distributed(policy_mismatched: Tensor, ref_mismatched: T
 
 
 def kto_objective(oc: OfflineConfig, logps: Tensor, ref_logps: Tensor, labels: Tensor,
-                  z0: float) -> tuple[Tensor, dict[str, float]]:
-    """Mean KTO loss of completions (one row each: ``logps``, ``ref_logps``, ``labels`` [N]).
+                  z0: float, norm: Normalizer | None = None) -> tuple[Tensor, dict[str, float]]:
+    """Mean KTO loss of completions (one row each: ``logps``, ``ref_logps``, ``labels`` [N]) over the
+    step ``norm`` counts.
 
     reward_chosen / reward_rejected are the mean implicit rewards β·log π/π_ref of the desirable and
     undesirable examples; accuracy is the share on the right side of z0."""
     labels = labels.bool()
     losses, rewards = kto_loss(logps, ref_logps.to(logps), labels, oc.beta, z0,
                                desirable_weight=oc.kto_desirable_weight, undesirable_weight=oc.kto_undesirable_weight)
-    loss = losses.mean()
+    loss = mean_over_units(losses, norm)
     z = oc.beta * z0
     good, bad = rewards[labels], rewards[~labels]
     mean = lambda t: t.mean().item() if len(t) else 0.0  # noqa: E731 - a batch may hold one label only
-    metrics = {"loss": loss.item(), "kl": z0, "reward_chosen": mean(good), "reward_rejected": mean(bad),
+    metrics = {"loss": losses.mean().item(), "kl": z0, "reward_chosen": mean(good), "reward_rejected": mean(bad),
                "margin": mean(good) - mean(bad),
                "accuracy": (torch.where(labels, rewards > z, rewards < z)).float().mean().item(),
                "desirable_frac": labels.float().mean().item()}

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 import torch
 
 from rlhf_ray.batch import Batch, build_batch
+from rlhf_ray.chat import chat_texts
 from rlhf_ray.config import Config, OfflineConfig
 from rlhf_ray.data.files import DataError, Table, read_table
 from rlhf_ray.data.formats import TextExample, detect_format, text_examples
-from rlhf_ray.prompts import chat_texts
 
-KIND = {"sft": "sft", "kto": "unpaired"}  # every other offline algorithm trains on pairs
+KIND = {"sft": "sft", "unpaired": "unpaired"}  # by the row's update; every other one trains on pairs
 
 
 @dataclass
@@ -111,7 +111,7 @@ def add_mismatched(units: list[Unit], max_length: int, seed: int) -> None:
 def encode(table: Table, tokenizer, cfg: Config) -> Encoded:
     oc = cfg.offline
     fmt = detect_format(table) if oc.format == "auto" else oc.format
-    kind = KIND.get(cfg.algorithm, "pairs")
+    kind = KIND.get(cfg.spec.update, "pairs")
     encoder = Encoder(tokenizer, oc)
     units = [u for u in map(encoder.encode, text_examples(table, fmt, kind)) if u is not None]
     if not units:

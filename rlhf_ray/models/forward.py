@@ -7,11 +7,16 @@ which saves a fifth of the FLOPs of a 135M model with a 49k vocabulary.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+from safetensors import safe_open
 from torch import nn
 
-from rlhf_ray.algos.masked import entropy_from_logits, logprobs_from_logits
+from rlhf_ray.algos.masked import entropy_from_logits, logprobs_from_logits, masked_sum
 from rlhf_ray.batch import Batch
+from rlhf_ray.models.loading import check_model_folder
+from rlhf_ray.models.packing import pack as pack_rows, packed_response_logits, unpack
 
 
 def _model_inputs(batch: Batch, device) -> dict:
@@ -24,8 +29,6 @@ def response_logprobs(model: nn.Module, batch: Batch, temperature: float = 1.0, 
     rows' real tokens share rows (rlhf_ray.models.packing); the results are the same, in [B, R]."""
     device = next(model.parameters()).device
     if pack:
-        from rlhf_ray.models.packing import pack as pack_rows, packed_response_logits, unpack
-
         layout = pack_rows(batch)
         logits = packed_response_logits(model, layout, device).float()
         targets = layout.targets.to(device)
@@ -65,8 +68,6 @@ class ValueModel(nn.Module):
     def from_pretrained(cls, path: str, dtype=torch.float32) -> "ValueModel":
         from transformers import AutoConfig, AutoModel
 
-        from rlhf_ray.models.loading import check_model_folder
-
         check_model_folder(path)
         backbone = AutoModel.from_pretrained(path, dtype=dtype)
         hidden = AutoConfig.from_pretrained(path).hidden_size
@@ -92,10 +93,6 @@ class ValueModel(nn.Module):
 
 def _score_weight(path: str) -> torch.Tensor | None:
     """The `score.weight` of a sequence-classification checkpoint, if the folder is one."""
-    from pathlib import Path
-
-    from safetensors import safe_open
-
     for f in sorted(Path(path).glob("*.safetensors")):
         with safe_open(str(f), "pt") as st:
             if "score.weight" in st.keys():
@@ -108,8 +105,6 @@ def response_values(model: ValueModel, batch: Batch, pack: bool = False) -> torc
     """V(s_t) [B, R]: the value of the state before each response token (packed rows with ``pack``)."""
     device = next(model.parameters()).device
     if pack:
-        from rlhf_ray.models.packing import pack as pack_rows, unpack
-
         layout = pack_rows(batch)
         values = model(**layout.model_inputs(device))
         picked = values[layout.src_bin.to(device), layout.src_col.to(device)].float()
@@ -127,8 +122,6 @@ def sequence_scores(model: nn.Module, batch: Batch, pack: bool = False) -> torch
     device = next(model.parameters()).device
     backbone = getattr(model, model.base_model_prefix)
     if pack:
-        from rlhf_ray.models.packing import pack as pack_rows
-
         layout = pack_rows(batch)
         hidden = backbone(**layout.model_inputs(device), use_cache=False).last_hidden_state
         last = hidden[layout.last_bin.to(device), layout.last_col.to(device)]
@@ -143,8 +136,6 @@ def sequence_logprobs(model: nn.Module, batch: Batch, pack: bool = False) -> tor
     """[B, 2]: each row's summed response log-prob (temperature 1) and its response token count.
 
     What offline preference losses consume; the counts travel along for length-normalised losses."""
-    from rlhf_ray.algos.masked import masked_sum
-
     logp, _ = response_logprobs(model, batch, pack=pack)
     mask = batch["response_mask"].to(logp.device)
     return torch.stack([masked_sum(logp, mask, dim=-1), batch["response_lengths"].to(logp)], dim=-1)

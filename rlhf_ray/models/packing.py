@@ -9,12 +9,11 @@ so no token sees another sequence. Rows no longer than the longest sequence keep
 at most the padded layout's.
 
 Not every model honours packed position ids (a custom attention, a model that ignores position ids),
-so `packing_matches` checks a model once, on three short sequences, against the padded forward.
+so rlhf_ray.models.packing_check checks a model once, on three short sequences, against the padded forward.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -125,45 +124,3 @@ def unpack(values: torch.Tensor, layout: PackedLayout, shape: tuple[int, int]) -
     """Per-token values [N] back into the padded [B, R] layout (zeros elsewhere)."""
     out = values.new_zeros(shape)
     return out.index_put((layout.dst_row.to(values.device), layout.dst_col.to(values.device)), values)
-
-
-def packing_matches(model: nn.Module, forward=None, atol: float = 1e-3) -> tuple[bool, float]:
-    """Whether ``forward(model, batch, pack)`` ([B, R] per token or [B] per sequence; default:
-    response log-probs) gives the same values packed as padded, on three short random sequences,
-    two of them sharing a packed row (one forward each way, no gradient). Returns (ok, max |diff|)."""
-    from rlhf_ray.batch import build_batch
-    from rlhf_ray.models.forward import response_logprobs
-
-    forward = forward or (lambda m, b, pack: response_logprobs(m, b, pack=pack)[0])
-    vocab = model.get_input_embeddings().num_embeddings
-    g = torch.Generator().manual_seed(0)
-    # lengths 8, 4, 4: the two short rows share the second packed row
-    prompts, responses = [[torch.randint(0, vocab, (n,), generator=g).tolist() for n in lens]
-                          for lens in ((5, 2, 1), (3, 2, 3))]
-    batch = build_batch(prompts, responses, pad_id=0)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            padded, packed = forward(model, batch, False), forward(model, batch, True)
-    finally:
-        model.train(was_training)
-    gap = padded - packed
-    diff = float((gap[batch["response_mask"].bool()] if gap.dim() == 2 else gap).abs().max())
-    return diff <= atol, diff
-
-
-def use_packing(model: nn.Module, setting: str, who: str, forward=None) -> bool:
-    """Resolves ``model.sequence_packing`` (auto/on/off) for one actor's model (``forward`` as in
-    `packing_matches`): auto packs when the check passes and warns when it does not; on raises."""
-    if setting == "off":
-        return False
-    ok, diff = packing_matches(model, forward)
-    if ok:
-        return True
-    msg = (f"{who}: model.sequence_packing={setting}, but {type(model).__name__} gives other outputs packed than "
-           f"padded (max difference {diff:.3g}): it does not honour packed position ids")
-    if setting == "on":
-        raise ValueError(msg + "; set model.sequence_packing=off (or auto)")
-    logging.getLogger(__name__).warning("%s; packing is off for this model", msg)
-    return False

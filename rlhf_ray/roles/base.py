@@ -30,7 +30,7 @@ class Worker:
 
     def check_packing(self, model: torch.nn.Module, forward=None) -> None:
         """Sets ``self.pack`` from ``model.sequence_packing`` and a check of ``model`` (rlhf_ray.models.packing)."""
-        from rlhf_ray.models.packing import use_packing
+        from rlhf_ray.models.packing_check import use_packing
 
         self.pack = use_packing(model, self.cfg.model.sequence_packing, f"{self.role}-{self.rank}", forward)
 

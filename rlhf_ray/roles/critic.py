@@ -6,19 +6,10 @@ import time
 
 import torch
 
-from rlhf_ray.algos import VALUE_LOSSES
+from rlhf_ray.algos.objectives import value_objective
 from rlhf_ray.batch import Batch
-from rlhf_ray.config import PPOConfig
 from rlhf_ray.models.forward import ValueModel, response_values
 from rlhf_ray.roles.ds_worker import DeepSpeedWorker
-
-
-def value_objective(ppo: PPOConfig, values: torch.Tensor, mb: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-    """The critic's clipped value loss on one micro-batch, scaled by ppo.value_loss_coef."""
-    loss, metrics = VALUE_LOSSES.get("clipped")(values, mb["old_values"], mb["returns"], mb["response_mask"],
-                                                clip_eps=ppo.value_clip_eps)
-    metrics["value_loss"] = loss.item()
-    return ppo.value_loss_coef * loss, metrics
 
 
 class Critic(DeepSpeedWorker):
@@ -37,8 +28,8 @@ class Critic(DeepSpeedWorker):
         """Value epochs on this rank's shard; needs old_values and returns."""
         ppo = self.cfg.ppo
 
-        def loss_fn(mb: Batch):
-            return value_objective(ppo, response_values(self.engine, mb, self.pack), mb)
+        def loss_fn(mb: Batch, norm):
+            return value_objective(ppo, response_values(self.engine, mb, self.pack), mb, norm)
 
         start = time.perf_counter()
         metrics = self._train_epochs(batch, loss_fn, ppo.epochs)

@@ -11,6 +11,7 @@ import os
 
 import torch
 
+from rlhf_ray.algos import Normalizer
 from rlhf_ray.batch import Batch, batch_size, micro_batches, select
 from rlhf_ray.config import Config, TrainableRole
 from rlhf_ray.roles.base import Worker, free_port
@@ -77,39 +78,59 @@ class DeepSpeedWorker(Worker):
 
     # -- the PPO-style update loop: epochs × shuffled minibatches × micro-batches
     def _train_epochs(self, batch: Batch, loss_fn, epochs: int = 1) -> dict[str, float]:
-        """Runs ``loss_fn(micro) -> (loss, metrics)`` over this rank's shard: ``epochs`` passes, each
-        over shuffled minibatches of one optimiser step (``cfg.optimizer_batch_global`` / ranks
+        """Runs ``loss_fn(micro, norm) -> (loss, metrics)`` over this rank's shard: ``epochs`` passes,
+        each over shuffled minibatches of one optimiser step (``cfg.optimizer_batch_global`` / ranks
         samples, accumulated in micro-batches). Returns the metrics averaged over micro-batches."""
         self.engine.train()
         per_actor = self.cfg.optimizer_batch_global // self.world_size
         micro = self.role_cfg.micro_batch_samples_per_actor
         g = torch.Generator().manual_seed(self.cfg.trainer.seed + self.rank + 7919 * self._updates)
 
-        def shuffled():
+        def steps():
             for _ in range(epochs):
                 order = torch.randperm(batch_size(batch), generator=g)
                 for start in range(0, len(order), per_actor):
-                    yield from micro_batches(select(batch, order[start:start + per_actor]), micro)
+                    yield list(micro_batches(select(batch, order[start:start + per_actor]), micro))
 
-        return self._run_micro_batches(shuffled(), loss_fn)
+        return self._run_steps(steps(), loss_fn)
 
-    def _run_micro_batches(self, batches, loss_fn) -> dict[str, float]:
-        """backward + step on each micro-batch (DeepSpeed steps the optimiser at its accumulation
-        boundary); returns the loss_fn metrics averaged over micro-batches, grad norm and lr."""
+    def _run_steps(self, steps, loss_fn, rows_per_unit: int = 1) -> dict[str, float]:
+        """backward + step on each micro-batch of each optimiser step (DeepSpeed steps the optimiser
+        at its accumulation boundary); returns the loss_fn metrics averaged over micro-batches, grad norm and lr.
+
+        Each loss is the micro-batch's share of the step's mean: its sum over the step's counts on
+        every rank (``step_normalizer``). DeepSpeed divides every micro-batch's loss by the
+        accumulation steps and averages gradients over ranks; multiplying by both undoes that, so
+        the step's gradient is the gradient of the documented mean (rlhf_ray.algos.aggregate)."""
         sums: dict[str, float] = {}
         count = 0
-        for mb in batches:
-            loss, metrics = loss_fn(mb)
-            self.engine.backward(loss)
-            self.engine.step()
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            count += 1
+        scale = self.engine.gradient_accumulation_steps() * self.world_size
+        for micro in steps:
+            norm = self.step_normalizer(micro, rows_per_unit)
+            for mb in micro:
+                loss, metrics = loss_fn(mb, norm)
+                self.engine.backward(loss * scale)
+                self.engine.step()
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                count += 1
         self._updates += 1
         out = {k: v / max(count, 1) for k, v in sums.items()}
         out["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
         out["lr"] = self.engine.get_lr()[0]
         return out
+
+    def step_normalizer(self, micro: list[Batch], rows_per_unit: int = 1) -> Normalizer:
+        """Response tokens, sequences and units (of ``rows_per_unit`` rows) of one optimiser step:
+        this rank's micro-batches, summed over the data-parallel ranks."""
+        horizon = self.cfg.rollout.max_new_tokens
+        mine = sum((Normalizer.of(mb["response_mask"], rows_per_unit, horizon) for mb in micro[1:]),
+                   Normalizer.of(micro[0]["response_mask"], rows_per_unit, horizon))
+        if self.world_size == 1:
+            return mine
+        counts = torch.tensor([mine.tokens, mine.sequences, mine.units], dtype=torch.float64)
+        torch.distributed.all_reduce(counts)
+        return Normalizer(*counts.tolist(), horizon=horizon)
 
     _updates = 0
 
@@ -133,7 +154,7 @@ class DeepSpeedWorker(Worker):
                              f"{rows_per_unit} rows (optimiser batch / {self.world_size} ranks)")
         self.engine.train()
         micro = self.role_cfg.micro_batch_samples_per_actor * rows_per_unit
-        return self._run_micro_batches(micro_batches(batch, micro), loss_fn)
+        return self._run_steps([list(micro_batches(batch, micro))], loss_fn, rows_per_unit)
 
     def save_hf(self, path: str, tokenizer_from: str) -> str:
         """Writes the model as an HF folder (safetensors, config, tokenizer from ``tokenizer_from``)

@@ -7,36 +7,13 @@ import time
 
 import torch
 
-from rlhf_ray.algos import KL_ESTIMATORS, POLICY_LOSSES, is_weight_metrics, masked_mean, truncated_is_weights
-from rlhf_ray.batch import Batch
-from rlhf_ray.config import PPOConfig
-from rlhf_ray.models.forward import response_logprobs
+from rlhf_ray.algos import sft_loss
+from rlhf_ray.algos.objectives import policy_objective
+from rlhf_ray.algos.offline import kto_objective, kto_reference_point_distributed, preference_objective
+from rlhf_ray.batch import Batch, select
+from rlhf_ray.models.forward import response_logprobs, sequence_logprobs
 from rlhf_ray.models.wire import to_wire
 from rlhf_ray.roles.ds_worker import DeepSpeedWorker
-
-
-def ppo_objective(ppo: PPOConfig, logp: torch.Tensor, entropy: torch.Tensor, mb: Batch,
-                  kl_coef: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """The policy's PPO loss on one micro-batch: clipped surrogate (weighted by truncated IS
-    weights when the rollout's log-probs came with the batch), minus the entropy bonus, plus β·KL
-    to the reference when ppo.kl.placement=loss."""
-    mask = mb["response_mask"]
-    weights = None
-    if ppo.tis_cap is not None and "rollout_logprobs" in mb:  # the engine's policy may lag π_old
-        weights = truncated_is_weights(mb["old_logprobs"], mb["rollout_logprobs"], ppo.tis_cap)
-    loss, metrics = POLICY_LOSSES.get("ppo")(logp, mb["old_logprobs"], mb["advantages"], mask, clip_eps=ppo.clip_eps,
-                                             clip_eps_high=ppo.clip_eps_high, agg=ppo.loss_agg, is_weights=weights)
-    if weights is not None:
-        metrics.update(is_weight_metrics(mb["old_logprobs"], mb["rollout_logprobs"], ppo.tis_cap, mask))
-    ent = masked_mean(entropy, mask)
-    if ppo.entropy_coef > 0:
-        loss = loss - ppo.entropy_coef * ent
-    if ppo.kl.placement == "loss" and kl_coef > 0:
-        kl = masked_mean(KL_ESTIMATORS.get(ppo.kl.estimator)(logp, mb["ref_logprobs"]), mask)
-        loss = loss + kl_coef * kl
-        metrics["kl_loss"] = kl.item()
-    metrics.update(policy_loss=loss.item(), entropy=ent.item())
-    return loss, metrics
 
 
 class PolicyLearner(DeepSpeedWorker):
@@ -55,14 +32,16 @@ class PolicyLearner(DeepSpeedWorker):
         return self._forward_eval(batch, lambda mb: response_logprobs(self.engine, mb, t, pack=self.pack)[0],
                                   per_token=True)
 
-    def train_ppo(self, batch: Batch, kl_coef: float) -> dict[str, float]:
-        """PPO epochs on this rank's shard. Needs old_logprobs and advantages (and ref_logprobs
-        when the KL penalty sits in the loss)."""
+    def train_policy(self, batch: Batch, kl_coef: float) -> dict[str, float]:
+        """ppo.epochs of the algorithm's policy objective (its row's POLICY_LOSSES entry and loss
+        aggregation) on this rank's shard. Needs old_logprobs and advantages (and ref_logprobs when
+        the KL penalty sits in the loss)."""
         ppo, temperature = self.cfg.ppo, self.cfg.rollout.temperature
+        loss_name, agg = self.cfg.spec.objective, self.cfg.loss_agg
 
-        def loss_fn(mb: Batch):
+        def loss_fn(mb: Batch, norm):
             logp, entropy = response_logprobs(self.engine, mb, temperature, with_entropy=True, pack=self.pack)
-            return ppo_objective(ppo, logp, entropy, mb, kl_coef)
+            return policy_objective(ppo, loss_name, agg, logp, entropy, mb, kl_coef, norm)
 
         start = time.perf_counter()
         metrics = self._train_epochs(batch, loss_fn, ppo.epochs)
@@ -72,12 +51,9 @@ class PolicyLearner(DeepSpeedWorker):
     def train_sft(self, batch: Batch) -> dict[str, float]:
         """Next-token loss on the response tokens only (prompt tokens are context, not targets).
         One pass over this rank's shard; its size should be a multiple of one optimiser step."""
-        from rlhf_ray.algos import sft_loss
-
-        def loss_fn(mb: Batch):
+        def loss_fn(mb: Batch, norm):
             logp, _ = response_logprobs(self.engine, mb, pack=self.pack)
-            loss = sft_loss(logp, mb["response_mask"])
-            return loss, {"sft_loss": loss.item()}
+            return sft_loss(logp, mb["response_mask"], norm), {"sft_loss": sft_loss(logp.detach(), mb["response_mask"]).item()}
 
         start = time.perf_counter()
         metrics = self._train_epochs(batch, loss_fn)
@@ -87,40 +63,31 @@ class PolicyLearner(DeepSpeedWorker):
     # -- offline methods (DPO and kin, KTO): one optimiser step per call on this rank's shard
     def compute_sequence_logprobs(self, batch: Batch) -> torch.Tensor:
         """[B, 2]: each row's summed response log-prob and response token count (no gradient)."""
-        from rlhf_ray.models.forward import sequence_logprobs
-
         return self._forward_eval(batch, lambda mb: sequence_logprobs(self.engine, mb, self.pack))
 
     def train_preference(self, batch: Batch) -> dict[str, float]:
-        """One step of the preference loss ``cfg.algorithm`` (dpo/ipo/cdpo/simpo/orpo) on adjacent
+        """One step of the algorithm's preference loss (its row's PREFERENCE_LOSSES entry) on adjacent
         (chosen, rejected) rows; needs ``ref_logps`` [rows] unless the loss is reference-free."""
-        from rlhf_ray.algos.offline import preference_objective
-        from rlhf_ray.models.forward import sequence_logprobs
-
-        def loss_fn(mb: Batch):
+        def loss_fn(mb: Batch, norm):
             out = sequence_logprobs(self.engine, mb, self.pack)
-            return preference_objective(self.cfg.algorithm, self.cfg.offline, out[:, 0], mb["response_lengths"],
-                                        mb.get("ref_logps"))
+            return preference_objective(self.cfg.spec.objective, self.cfg.offline, out[:, 0], mb["response_lengths"],
+                                        mb.get("ref_logps"), norm)
 
         return self._offline_step(batch, loss_fn, rows_per_unit=2)
 
-    def train_kto(self, batch: Batch) -> dict[str, float]:
+    def train_unpaired(self, batch: Batch) -> dict[str, float]:
         """One KTO step on adjacent (completion, mismatched completion) rows with ``labels`` and
         ``ref_logps``. The mismatched rows only estimate the reference point z0 (no gradient, as in
         the paper), over the whole global batch."""
-        from rlhf_ray.algos.offline import kto_objective, kto_reference_point_distributed
-        from rlhf_ray.batch import select
-        from rlhf_ray.models.forward import sequence_logprobs
-
         n = batch["input_ids"].shape[0]
         mismatched = select(batch, torch.arange(1, n, 2))
         policy_mm = self._forward_eval(mismatched, lambda mb: sequence_logprobs(self.engine, mb, self.pack))[:, 0]
         z0 = kto_reference_point_distributed(policy_mm, mismatched["ref_logps"])
         matched = select(batch, torch.arange(0, n, 2))
 
-        def loss_fn(mb: Batch):
+        def loss_fn(mb: Batch, norm):
             logps = sequence_logprobs(self.engine, mb, self.pack)[:, 0]
-            return kto_objective(self.cfg.offline, logps, mb["ref_logps"], mb["labels"], z0)
+            return kto_objective(self.cfg.offline, logps, mb["ref_logps"], mb["labels"], z0, norm)
 
         return self._offline_step(matched, loss_fn, rows_per_unit=1)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from rlhf_ray.batch import Batch
-from rlhf_ray.models.forward import response_logprobs
+from rlhf_ray.models.forward import response_logprobs, sequence_logprobs
+from rlhf_ray.models.loading import load_causal_lm
 from rlhf_ray.roles.base import Worker
 
 
@@ -13,8 +14,6 @@ class Reference(Worker):
     role = "reference"
 
     def init_model(self, model_path: str) -> int:
-        from rlhf_ray.models.loading import load_causal_lm
-
         self.model = load_causal_lm(model_path, torch.float32).to(self.device).eval()
         self.model.requires_grad_(False)
         self.check_packing(self.model)
@@ -28,6 +27,4 @@ class Reference(Worker):
     @torch.no_grad()
     def compute_sequence_logprobs(self, batch: Batch) -> torch.Tensor:
         """[B, 2]: each row's summed response log-prob (temperature 1) and response token count."""
-        from rlhf_ray.models.forward import sequence_logprobs
-
         return self.map_forward(batch, lambda mb: sequence_logprobs(self.model, mb, self.pack))

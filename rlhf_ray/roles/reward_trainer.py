@@ -7,8 +7,10 @@ import time
 
 import torch
 
+from rlhf_ray.algos import bradley_terry_loss
 from rlhf_ray.batch import Batch
 from rlhf_ray.models.forward import sequence_scores
+from rlhf_ray.models.loading import check_model_folder, load_tokenizer
 from rlhf_ray.roles.ds_worker import DeepSpeedWorker
 
 
@@ -19,8 +21,6 @@ class RewardTrainer(DeepSpeedWorker):
         """From a sequence-classification folder (``reward.model_path``), or from a causal LM with a
         fresh one-output score head (transformers warns that `score.weight` is newly initialised)."""
         from transformers import AutoConfig, AutoModelForSequenceClassification
-
-        from rlhf_ray.models.loading import check_model_folder, load_tokenizer
 
         check_model_folder(model_path)
         config = AutoConfig.from_pretrained(model_path, num_labels=1)
@@ -39,14 +39,12 @@ class RewardTrainer(DeepSpeedWorker):
 
     def train_reward(self, batch: Batch) -> dict[str, float]:
         """One optimiser step of −log σ(r_chosen − r_rejected − margin) on adjacent (chosen, rejected) rows."""
-        from rlhf_ray.algos import bradley_terry_loss
-
         margin = self.cfg.offline.rm_margin
 
-        def loss_fn(mb: Batch):
+        def loss_fn(mb: Batch, norm):
             scores = sequence_scores(self.module, mb, self.pack)
-            loss, metrics = bradley_terry_loss(scores[0::2], scores[1::2], margin or None)
-            metrics.update(loss=loss.item(), score_chosen=scores[0::2].mean().item(),
+            loss, metrics = bradley_terry_loss(scores[0::2], scores[1::2], margin or None, norm)
+            metrics.update(loss=bradley_terry_loss(scores[0::2].detach(), scores[1::2].detach(), margin or None)[0].item(), score_chosen=scores[0::2].mean().item(),
                            score_rejected=scores[1::2].mean().item())
             return loss, metrics
 

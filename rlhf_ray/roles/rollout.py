@@ -12,6 +12,12 @@ import time
 
 import torch
 
+from rlhf_ray.algos.masked import logprobs_from_logits
+from rlhf_ray.batch import build_batch
+from rlhf_ray.models.forward import response_logprobs
+from rlhf_ray.models.loading import check_model_folder, load_causal_lm
+from rlhf_ray.models.vllm_weights import load_weights_into_vllm, vllm_prompt_logprobs
+from rlhf_ray.models.wire import unpack
 from rlhf_ray.roles.base import Worker
 
 
@@ -27,15 +33,11 @@ class Rollout(Worker):
         rc, mc = self.cfg.rollout, self.cfg.model
         self.max_len = mc.max_prompt_tokens + rc.max_new_tokens
         if rc.backend == "hf":
-            from rlhf_ray.models.loading import load_causal_lm
-
             self.engine = HFEngine(load_causal_lm(model_path, getattr(torch, mc.dtype)).to(self.device))
             return 0
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(rc.cpu_kv_cache_gib))))
         from vllm import LLM
-
-        from rlhf_ray.models.loading import check_model_folder
 
         check_model_folder(model_path)
         # vLLM rewinds a seeded request's generator when its prompt is prefilled in parts (chunked
@@ -87,14 +89,10 @@ class Rollout(Worker):
     def load_weights(self, bucket: list[tuple], version: int, last: bool) -> int:
         """One bucket of new weights (see rlhf_ray.models.wire); the version is set once the last
         bucket is in."""
-        from rlhf_ray.models.wire import unpack
-
         named_tensors = unpack(bucket)
         if isinstance(self.engine, HFEngine):
             self.engine.load_weights(named_tensors)
         else:
-            from rlhf_ray.models.vllm_weights import load_weights_into_vllm
-
             load_weights_into_vllm(self.engine, named_tensors)
         if last:
             self.version = version
@@ -108,15 +106,10 @@ class Rollout(Worker):
         of what the engine holds (vLLM on CPU packs its weights into kernels that cannot be read back),
         compared with the learner's log-probs to check a weight sync end to end."""
         if isinstance(self.engine, HFEngine):
-            from rlhf_ray.batch import build_batch
-            from rlhf_ray.models.forward import response_logprobs
-
             batch = build_batch(prompt_ids, response_ids, pad_id=0)
             with torch.no_grad():
                 logp = response_logprobs(self.engine.model, batch)[0].cpu()
             return [row[:len(r)].tolist() for row, r in zip(logp, response_ids)]
-        from rlhf_ray.models.vllm_weights import vllm_prompt_logprobs
-
         return [vllm_prompt_logprobs(self.engine, p + r)[-len(r):] for p, r in zip(prompt_ids, response_ids)]
 
 
@@ -128,8 +121,6 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompt_ids, max_new_tokens, temperature, top_p, seed) -> dict:
-        from rlhf_ray.algos.masked import logprobs_from_logits
-
         torch.manual_seed(seed)
         device = next(self.model.parameters()).device
         eos = self.model.generation_config.eos_token_id

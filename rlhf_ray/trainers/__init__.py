@@ -1,24 +1,31 @@
-"""Controllers: one per algorithm family, all driving the same role actors.
+"""Controllers: one per kind of loop, all driving the same role actors.
 
-`run(cfg)` picks the controller for `cfg.algorithm`; each controller module has a
-`run(cfg) -> summary` function, so adding a family is one module and one line here.
+The algorithm's row (rlhf_ray.algorithms) names its controller; ``run(cfg)`` builds the run's
+inputs, starts the controller's actors, fits and shuts them down however the loop ends.
 """
 
 from __future__ import annotations
 
-import importlib
+from rlhf_ray.config import Config
+from rlhf_ray.trainers.controller import Controller
+from rlhf_ray.trainers.offline import OfflineTrainer
+from rlhf_ray.trainers.ppo import PPOTrainer
+from rlhf_ray.trainers.raft import RaftTrainer
+from rlhf_ray.trainers.reward_model import RewardModelTrainer
 
-from rlhf_ray.config import ONLINE_ALGORITHMS, PREFERENCE_ALGORITHMS, Config
+CONTROLLERS: dict[str, type[Controller]] = {
+    "online": PPOTrainer, "offline": OfflineTrainer, "reward_model": RewardModelTrainer, "raft": RaftTrainer}
 
-CONTROLLERS = {
-    **{a: "rlhf_ray.trainers.ppo" for a in ONLINE_ALGORITHMS},
-    **{a: "rlhf_ray.trainers.offline" for a in PREFERENCE_ALGORITHMS},
-    "sft": "rlhf_ray.trainers.offline",
-    "reward_model": "rlhf_ray.trainers.reward_model",
-    "raft": "rlhf_ray.trainers.raft",
-}
+
+def controller_for(cfg: Config) -> Controller:
+    """The inputs checked, then the actors started: a controller ready to ``fit``."""
+    return CONTROLLERS[cfg.spec.controller].from_config(cfg)
 
 
 def run(cfg: Config) -> dict:
     """Runs the job; returns its summary ({"eval": {step: {metric: value}}, ...})."""
-    return importlib.import_module(CONTROLLERS[cfg.algorithm]).run(cfg)
+    controller = controller_for(cfg)
+    try:
+        return controller.fit()
+    finally:
+        controller.shutdown()

@@ -13,7 +13,8 @@ import json
 import torch
 
 from rlhf_ray.config import Config
-from rlhf_ray.trainers.online import OnlineController, repeat_prompts
+from rlhf_ray.trainers.inputs import PromptInputs, repeat_prompts
+from rlhf_ray.trainers.online import OnlineController
 
 
 def best_rows(scores: torch.Tensor, group_size: int) -> list[int]:
@@ -25,7 +26,7 @@ def best_rows(scores: torch.Tensor, group_size: int) -> list[int]:
 
 def run_best_of_n(cfg: Config) -> dict:
     """Samples, scores and writes the chosen responses; returns a summary of the scores."""
-    ctl = OnlineController(cfg, ("rollout", "reward"))
+    ctl = OnlineController(PromptInputs.load(cfg), roles=("rollout", "reward"))
     try:
         prompts = ctl.eval_set if cfg.raft.best_of_n_split == "eval" else ctl.train_set
         n = cfg.raft.samples_per_prompt

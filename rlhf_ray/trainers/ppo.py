@@ -1,89 +1,49 @@
-"""The online RL controller of PPO and the critic-free family (GRPO, RLOO, REINFORCE++).
+"""The online RL controller of PPO and the critic-free family (GRPO, Dr. GRPO, GSPO, CISPO, RLOO, REINFORCE++).
 
     sample n responses per prompt → generate → {reference log-probs, old log-probs, values (PPO only),
-    rewards} in parallel → KL penalty → advantages (GAE with the critic, or the algorithm's estimator
-    without one) → clipped-surrogate epochs on the learner (∥ critic) → weight sync → log
+    rewards} in parallel → KL penalty → advantages (the row's estimator: GAE with the critic, or a
+    critic-free one) → epochs of the row's policy objective on the learner (∥ critic) → weight sync → log
 
 The controller holds no model: it owns the worker groups (see OnlineController), the prompt sampler
 and the KL controller, and moves batches between them. Each stage is timed (``time/<stage>``).
-Per-algorithm advantage rules: rlhf_ray.trainers.estimate; the maths: docs/methods/online_rl.md.
+What varies by algorithm comes from its row (rlhf_ray.algorithms); the maths: docs/methods/online_rl.md.
 """
 
 from __future__ import annotations
 
 import time
-
-from tqdm import tqdm
+from concurrent.futures import ThreadPoolExecutor
 
 from rlhf_ray.algos import AdaptiveKLController, FixedKLController
 from rlhf_ray.algos.masked import masked_mean, masked_var
 from rlhf_ray.batch import Batch, build_batch
-from rlhf_ray.config import Config
-from rlhf_ray.tracking import StageTimer, Tracker
+from rlhf_ray.roles import Critic, PolicyLearner, Reference
+from rlhf_ray.tracking import StageTimer
+from rlhf_ray.trainers.controller import mean_dicts
 from rlhf_ray.trainers.estimate import group_metrics, penalize_and_estimate
-from rlhf_ray.trainers.online import OnlineController, TrainableLost, mean_dicts
-from rlhf_ray.trainers.session import fit_and_shut_down
+from rlhf_ray.trainers.inputs import PromptInputs
+from rlhf_ray.trainers.online import OnlineController
 
 
 class PPOTrainer(OnlineController):
-    def __init__(self, cfg: Config):
-        # Only PPO learns a value function; the critic-free methods never start a critic.
-        roles = ("rollout", "learner", "reference", "reward") + (("critic",) if cfg.algorithm == "ppo" else ())
-        super().__init__(cfg, roles)
-        k = cfg.ppo.kl
+    """Every algorithm whose row's controller is "online": the row names its advantage estimator
+    and policy objective; PPO's row alone starts a critic."""
+
+    def __init__(self, inputs: PromptInputs):
+        super().__init__(inputs)
+        k = self.cfg.ppo.kl
         self.kl_ctl = AdaptiveKLController(k.coef, k.target, k.horizon) if k.target else FixedKLController(k.coef)
-        self.tracker = Tracker(cfg, self.run_dir, run_name=self.run_id)
         self.rollouts = RolloutQueue(self)
 
-    # ------------------------------------------------------------------ the loop
-    def fit(self) -> dict:
-        cfg = self.cfg.trainer
-        start = self.resume()
-        history = {}
-        if start == 0:
-            self.remember_initial_state(kl_ctl=self.kl_ctl.state_dict())
-            history[0] = self.evaluate(0)
-            self.tracker.log(0, history[0], echo=None)
-        bar = tqdm(total=cfg.total_steps, initial=start, desc=self.cfg.algorithm,
-                   disable=not self.cfg.logging.progress_bar)
-        step = start + 1
-        while step <= cfg.total_steps:
-            try:
-                metrics = self.step(step)
-            except TrainableLost as lost:  # back to the last checkpoint, with a fresh group
-                state = self.restore_trainables(lost, self.last_checkpoint)
-                self.kl_ctl.load_state_dict(state["kl_ctl"])
-                step = state["step"] + 1
-                history = {s: m for s, m in history.items() if s <= state["step"]}
-                bar.n = state["step"]
-                continue
-            check_finite(metrics, step, self.last_checkpoint)
-            if step == cfg.total_steps or (cfg.eval_every and step % cfg.eval_every == 0):
-                history[step] = self.evaluate(step)
-                metrics.update(history[step])
-            self.tracker.log(step, metrics, echo=bar.write)
-            bar.update()
-            bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl/mean']:.3f}")
-            if step == cfg.total_steps or (cfg.save_every and step % cfg.save_every == 0):
-                self.last_checkpoint = self.save_checkpoint(step, {"kl_ctl": self.kl_ctl.state_dict()})
-            step += 1
-        bar.close()
-        self.tracker.close()
-        return self.write_summary(history)
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.trainer.total_steps
 
-    last_checkpoint: str | None = None
+    def extra_state(self) -> dict:
+        return {"kl_ctl": self.kl_ctl.state_dict()}
 
-    def resume(self) -> int:
-        """The step to continue after: 0 for a fresh run, else the checkpoint's step."""
-        from rlhf_ray.checkpoint import resolve_resume
-
-        path = resolve_resume(self.cfg.trainer.resume, self.run_dir)
-        if path is None:
-            return 0
-        state = self.restore_checkpoint(path)
+    def load_extra_state(self, state: dict) -> None:
         self.kl_ctl.load_state_dict(state["kl_ctl"])
-        self.last_checkpoint = str(path)
-        return state["step"]
 
     def step(self, step: int) -> dict[str, float]:
         ppo, timer = self.cfg.ppo, StageTimer()
@@ -95,13 +55,14 @@ class PPOTrainer(OnlineController):
                 self.rollouts.start(step + 1)  # runs while this step scores and trains (one step off-policy)
         with timer("score"):
             scores = self.recovering("score", lambda: self._score_passes(batch, rows, gen))
+        self.check_logprob_gap(step, batch, gen)  # before any update trains on samples from the wrong weights
         with timer("advantages"):
             beta = self.kl_ctl.value
             kl, seq_kl = penalize_and_estimate(self.cfg, batch, scores, beta)
         with timer("update"):  # learner and critic train side by side; β reaches the loss when placement=loss
-            crit = self.critic.map_batch("train_values", batch) if self.critic else []
+            crit = self.critic.map_batch(Critic.train_values, batch) if self.critic else []
             pol_m = self.recovering("update", lambda: self.learner.get(
-                self.learner.map_batch("train_ppo", batch, beta), "policy update"))
+                self.learner.map_batch(PolicyLearner.train_policy, batch, beta), "policy update"))
         with timer("generate_wait"):  # new weights must not land in the middle of a batch
             self.rollouts.wait()
         with timer("sync"):  # while the critic may still be training: it needs nothing the sync changes
@@ -123,12 +84,30 @@ class PPOTrainer(OnlineController):
         self.rollouts.close()
         super().shutdown()
 
+    def check_logprob_gap(self, step: int, batch: Batch, gen: dict) -> None:
+        """Rollout and learner scored the same tokens: samples generated with the learner's current
+        weights must agree to numerical noise. A larger gap means the weights never reached an
+        engine, or arrived corrupted; the field's most reported silent failure. Samples of an
+        asynchronous step (one update behind by design) are not compared."""
+        if min(gen["versions"]) != self.version:
+            return
+        mask = batch["response_mask"]
+        gap = float(masked_mean((batch["rollout_logprobs"] - batch["old_logprobs"]).abs(), mask))
+        limit = self.cfg.ppo.logprob_gap_warn
+        if gap <= limit:
+            return
+        msg = (f"step {step}: rollout/learner log-prob gap {gap:.4g} > ppo.logprob_gap_warn={limit:g}: the rollout "
+               f"engines may not serve the learner's weights (version {self.version}); check the weight sync")
+        if self.cfg.ppo.logprob_gap_action == "stop":
+            raise LogprobGapError(msg)
+        print(f"[alarm] {msg}", flush=True)
+
     def _score_passes(self, batch: Batch, rows: list[int], gen: dict):
         """Reference log-probs, π_old log-probs, values and rewards: independent, all in flight at once.
         Fills the batch; returns the scores."""
-        ref = self.reference.map_batch("compute_logprobs", batch)
-        old = self.learner.map_batch("compute_logprobs", batch)
-        val = self.critic.map_batch("compute_values", batch) if self.critic else None
+        ref = self.reference.map_batch(Reference.compute_logprobs, batch)
+        old = self.learner.map_batch(PolicyLearner.compute_logprobs, batch)
+        val = self.critic.map_batch(Critic.compute_values, batch) if self.critic else None
         rew = self.score(batch, [self.train_set.rows[i] for i in rows], gen["texts"])
         batch["ref_logprobs"] = self.reference.gather_cat(ref, "reference log-probs")
         batch["old_logprobs"] = self.learner.gather_cat(old, "learner log-probs")
@@ -169,7 +148,7 @@ class RolloutQueue:
 
     def _draw(self, step: int):
         ppo = self.trainer.cfg.ppo
-        rows = self.trainer.sample_rows(ppo.prompts_per_step_global, ppo.samples_per_prompt)
+        rows = self.trainer.inputs.sample_rows(ppo.prompts_per_step_global, ppo.samples_per_prompt)
         return rows, [self.trainer.train_set.ids[i] for i in rows]
 
     def _generate(self, prompts, step: int) -> dict:
@@ -179,8 +158,6 @@ class RolloutQueue:
         return gen
 
     def start(self, step: int) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         self.pool = self.pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout")
         rows, prompts = self._draw(step)
         self.pending = (step, rows, prompts, self.pool.submit(self._generate, prompts, step))
@@ -210,17 +187,5 @@ class RolloutQueue:
             self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def run(cfg: Config) -> dict:
-    return fit_and_shut_down(PPOTrainer(cfg))
-
-
-def check_finite(metrics: dict[str, float], step: int, last_checkpoint: str | None) -> None:
-    """A NaN or Inf loss, reward or KL stops the run before it is logged or saved over a good checkpoint."""
-    import math
-
-    bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)
-           and k.split("/")[0] in ("reward", "kl", "learner", "critic", "advantages", "returns")}
-    if bad:
-        keep = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
-        raise FloatingPointError(f"step {step}: non-finite {bad}; stopping ({keep}; resume with trainer.resume=auto "
-                                 f"after lowering learner.lr or checking the reward)")
+class LogprobGapError(RuntimeError):
+    """The rollout engines' log-probs disagree with the learner's on the same weights (ppo.logprob_gap_action=stop)."""

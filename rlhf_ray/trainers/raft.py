@@ -15,15 +15,15 @@ from __future__ import annotations
 import time
 
 import torch
-from tqdm import tqdm
 
 from rlhf_ray.algos.masked import masked_mean
 from rlhf_ray.batch import build_batch
-from rlhf_ray.config import Config, RaftConfig
-from rlhf_ray.tracking import StageTimer, Tracker
+from rlhf_ray.config import RaftConfig
+from rlhf_ray.roles import PolicyLearner
+from rlhf_ray.tracking import StageTimer
+from rlhf_ray.trainers.controller import mean_dicts
 from rlhf_ray.trainers.estimate import group_metrics
-from rlhf_ray.trainers.online import OnlineController, mean_dicts
-from rlhf_ray.trainers.session import fit_and_shut_down
+from rlhf_ray.trainers.online import OnlineController
 
 
 def select_samples(scores: torch.Tensor, group_size: int, raft: RaftConfig) -> list[int]:
@@ -53,46 +53,18 @@ def whole_steps(rows: list[int], step_samples: int, seed: int) -> list[int]:
 
 
 class RaftTrainer(OnlineController):
-    def __init__(self, cfg: Config):
-        super().__init__(cfg, ("rollout", "learner", "reward"))
-        self.tracker = Tracker(cfg, self.run_dir, run_name=self.run_id)
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.raft.rounds  # a step is a round; trainer.save_every and eval_every count rounds
 
-    def fit(self) -> dict:
-        raft, tc = self.cfg.raft, self.cfg.trainer
-        start, history = self.resume()
-        if start == 0:
-            history[0] = self.evaluate(0)
-            self.tracker.log(0, history[0], echo=None)
-        bar = tqdm(range(start + 1, raft.rounds + 1), desc="raft", initial=start, total=raft.rounds,
-                   disable=not self.cfg.logging.progress_bar)
-        for r in bar:
-            metrics = self.round(r)
-            if r == raft.rounds or (tc.eval_every and r % tc.eval_every == 0):
-                history[r] = self.evaluate(r)
-                metrics.update(history[r])
-            self.tracker.log(r, metrics, echo=bar.write)
-            if r == raft.rounds or (tc.save_every and r % tc.save_every == 0):  # trainer.save_every counts rounds
-                self.save_checkpoint(r, {"eval": history})
-        self.tracker.close()
-        return self.write_summary(history)
-
-    def resume(self) -> tuple[int, dict[int, dict[str, float]]]:
-        """(round to continue after, held-out metrics so far): (0, {}) for a fresh run. The learner,
-        sampler, RNG and weights version come back through OnlineController.restore_checkpoint;
-        generation seeds are per round, so the next round samples as the uninterrupted run would."""
-        from rlhf_ray.checkpoint import resolve_resume
-
-        path = resolve_resume(self.cfg.trainer.resume, self.run_dir)
-        if path is None:
-            return 0, {}
-        state = self.restore_checkpoint(path)
-        return state["step"], {int(s): m for s, m in state["eval"].items()}  # JSON made the rounds strings
+    def step(self, step: int) -> dict[str, float]:
+        return self.round(step)
 
     def round(self, r: int) -> dict[str, float]:
         raft, timer = self.cfg.raft, StageTimer()
         start = time.perf_counter()
         with timer("generate"):
-            rows = self.sample_rows(raft.prompts_per_round, raft.samples_per_prompt)
+            rows = self.inputs.sample_rows(raft.prompts_per_round, raft.samples_per_prompt)
             gen, batch, scores = self.generate_and_score(self.train_set, rows, seed=r * 1_000_003)
         kept = whole_steps(select_samples(scores, raft.samples_per_prompt, raft), self.cfg.optimizer_batch_global,
                            seed=self.cfg.trainer.seed + r)
@@ -108,7 +80,8 @@ class RaftTrainer(OnlineController):
             with timer("update"):
                 metrics["raft/selected_logprob_before"] = self._mean_logprob(sft)
                 for _ in range(raft.sft_epochs):
-                    metrics.update(mean_dicts(self.learner.get(self.learner.map_batch("train_sft", sft), "SFT update")))
+                    metrics.update(mean_dicts(self.learner.get(self.learner.map_batch(PolicyLearner.train_sft, sft),
+                                                               "SFT update")))
                 metrics["raft/selected_logprob_after"] = self._mean_logprob(sft)
             with timer("sync"):
                 metrics.update(self.sync_weights(r))
@@ -121,9 +94,6 @@ class RaftTrainer(OnlineController):
 
     def _mean_logprob(self, batch) -> float:
         """Learner's mean per-token log-prob of the batch's responses: SFT should raise it."""
-        logp = self.learner.gather_cat(self.learner.map_batch("compute_logprobs", batch), "learner log-probs")
+        logp = self.learner.gather_cat(self.learner.map_batch(PolicyLearner.compute_logprobs, batch), "learner log-probs")
         return float(masked_mean(logp, batch["response_mask"]))
 
-
-def run(cfg: Config) -> dict:
-    return fit_and_shut_down(RaftTrainer(cfg))

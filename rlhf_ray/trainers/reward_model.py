@@ -14,28 +14,19 @@ from __future__ import annotations
 import torch
 
 from rlhf_ray.algos import bradley_terry_loss
-from rlhf_ray.config import Config
 from rlhf_ray.data import Encoded
+from rlhf_ray.roles.reward_trainer import RewardTrainer
 from rlhf_ray.trainers.offline import OfflineTrainer, score_units
-from rlhf_ray.trainers.session import fit_and_shut_down
 
 
 class RewardModelTrainer(OfflineTrainer):
-    trained_role = "reward"
-
-    def role_classes(self) -> dict[str, type]:
-        from rlhf_ray.roles.reward_trainer import RewardTrainer
-
-        return {"reward": RewardTrainer}
+    """The offline loop; the algorithm's row starts the reward role as a RewardTrainer."""
 
     def eval_metrics(self, data: Encoded) -> dict[str, float]:
         micro = self.cfg.reward.micro_batch_samples_per_actor
-        scores = score_units(self.trainee, "compute_scores", data.units, self.tokenizer.pad_token_id, micro)
+        scores = score_units(self.trained, RewardTrainer.compute_scores, data.units, self.tokenizer.pad_token_id, micro)
         chosen, rejected = scores[0::2], scores[1::2]
         loss, m = bradley_terry_loss(chosen, rejected, self.cfg.offline.rm_margin or None)
         return {"loss": loss.item(), **m, "score_chosen": chosen.mean().item(),
                 "score_rejected": rejected.mean().item(), "score_std": torch.cat([chosen, rejected]).std().item()}
 
-
-def run(cfg: Config) -> dict:
-    return fit_and_shut_down(RewardModelTrainer(cfg))

@@ -66,10 +66,3 @@ def make_run_dir(cfg: Config) -> Path:
 def run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
-
-def fit_and_shut_down(trainer) -> dict:
-    """Runs a controller's loop; its actors and placement groups go away however the loop ends."""
-    try:
-        return trainer.fit()
-    finally:
-        trainer.shutdown()

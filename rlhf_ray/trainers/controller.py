@@ -1,0 +1,299 @@
+"""The controller base: what every algorithm's loop shares, written once.
+
+    inputs (rlhf_ray.trainers.inputs) → Ray, placement groups, actors, models → fit:
+        resume or evaluate step 0 → for each step: step() → NaN/Inf guard → evaluate on cadence
+        → log → checkpoint on cadence;  a lost learner/critic rank → back to the last checkpoint
+    → summary.json, report → actors and placement groups gone however the loop ended
+
+A loop (online, offline, RAFT, reward model) extends Controller with its own ``step``, ``evaluate``
+and length, and with the state beside the models that its checkpoints must carry (``extra_state``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import ray
+from tqdm import tqdm
+
+from rlhf_ray.checkpoint import CheckpointManager, read_controller_state, resolve_resume, rng_state, set_rng_state
+from rlhf_ray.config import save_config
+from rlhf_ray.groups import WorkerGroup, shutdown_groups, start_groups
+from rlhf_ray.report import write_report
+from rlhf_ray.roles import Critic, PolicyLearner, Reference, Reward, Rollout
+from rlhf_ray.roles.ds_worker import DeepSpeedWorker
+from rlhf_ray.roles.reward_trainer import RewardTrainer
+from rlhf_ray.tracking import Tracker
+from rlhf_ray.trainers.inputs import RunInputs
+from rlhf_ray.trainers.session import init_ray, make_run_dir, run_id
+
+ROLE_CLASSES = {"rollout": Rollout, "learner": PolicyLearner, "critic": Critic, "reference": Reference, "reward": Reward}
+FINITE_CHECKED = ("reward", "kl", "learner", "critic", "advantages", "returns")  # metric prefixes a NaN must not pass
+
+
+class TrainableLost(RuntimeError):
+    """A rank of a DeepSpeed-trained group died. ``ranks``: role → dead ranks."""
+
+    def __init__(self, ranks: dict[str, list[int]], stage: str):
+        self.ranks = ranks
+        super().__init__(f"{stage}: " + ", ".join(f"{role} ranks {d} died" for role, d in ranks.items()))
+
+
+class Controller:
+    """Starts the algorithm's roles as Ray actor groups (``self.rollout``, ``self.learner``, ...;
+    None when the algorithm does not start them) and runs ``fit``."""
+
+    inputs_type: type[RunInputs] = RunInputs
+
+    def __init__(self, inputs: RunInputs, roles: tuple[str, ...] | None = None):
+        self.inputs, self.cfg = inputs, inputs.cfg
+        self.spec, self.tokenizer, self.sampler = self.cfg.spec, inputs.tokenizer, inputs.sampler
+        self.roles = roles or self.spec.roles  # a command (best-of-n) may start fewer than its algorithm
+        self.run_dir = make_run_dir(self.cfg)
+        self.version = 0  # of the weights the rollout engines serve (the step that produced them)
+        self.restarts = 0
+        self.last_checkpoint: str | None = None
+        self.start_metrics: dict[str, float] = {}  # logged with step 0 (set-up stages a loop times)
+        init_ray(self.cfg, self.roles)
+        self.run_id = run_id()
+        self.groups: dict[str, WorkerGroup] = start_groups(self.cfg, self.role_classes(), self.run_id)
+        try:
+            self.load_models(list(self.groups))
+        except BaseException:
+            shutdown_groups(self.groups)  # no half-started run keeps its actors and placement groups
+            raise
+        for role in ROLE_CLASSES:
+            setattr(self, role, self.groups.get(role))
+        self.trainable = [r for r, g in self.groups.items() if issubclass(g.worker_cls, DeepSpeedWorker)]
+        self.trained = self.groups.get(self.spec.trained_role)
+        self.tracker = Tracker(self.cfg, self.run_dir, run_name=self.run_id)
+
+    @classmethod
+    def from_config(cls, cfg) -> "Controller":
+        return cls(cls.inputs_type.load(cfg))
+
+    def role_classes(self) -> dict[str, type]:
+        classes = {r: ROLE_CLASSES[r] for r in self.roles}
+        if self.spec.trained_role == "reward" and "reward" in classes:
+            classes["reward"] = RewardTrainer
+        return classes
+
+    def load_models(self, roles: list[str]) -> None:
+        """DeepSpeed groups' ranks meet at rank 0's address first; then every role loads its model."""
+        for role in roles:
+            g = self.groups[role]
+            if issubclass(g.worker_cls, DeepSpeedWorker):
+                addr, port = g.get([g.actors[0].master_address.remote()])[0]
+                g.get(g.call(DeepSpeedWorker.setup_distributed, addr, port), f"{role} distributed setup")
+        inits = {role: self.groups[role].call(self.groups[role].worker_cls.init_model, self.inputs.model_paths[role])
+                 for role in roles}
+        for role, refs in inits.items():
+            self.groups[role].get(refs, f"{role} model load")
+
+    # ------------------------------------------------------------------ what each loop defines
+    @property
+    def total_steps(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def eval_every(self) -> int:
+        return self.cfg.trainer.eval_every
+
+    def step(self, step: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Held-out metrics (``eval/...``); empty when the run has nothing to evaluate on."""
+        raise NotImplementedError
+
+    def extra_state(self) -> dict:
+        """Controller state a checkpoint carries beside the sampler, RNG and weights version."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict:
+        total = self.total_steps
+        start, history = self.resume()
+        if start == 0:
+            self.initial_state = self.controller_state(0, {})
+            history = {0: self.evaluate(0)}
+            self.tracker.log(0, {**history[0], **self.start_metrics}, echo=None)
+        bar = tqdm(total=total, initial=start, desc=self.cfg.algorithm, disable=not self.cfg.logging.progress_bar)
+        step = start + 1
+        while step <= total:
+            try:
+                metrics = self.step(step)
+            except TrainableLost as lost:  # back to the last checkpoint, with a fresh group
+                state = self.restore_trainables(lost)
+                step = state["step"] + 1
+                history = {s: m for s, m in history.items() if s <= state["step"]}
+                bar.n = state["step"]
+                continue
+            check_finite(metrics, step, self.last_checkpoint)
+            if step == total or (self.eval_every and step % self.eval_every == 0):
+                history[step] = self.evaluate(step)
+                metrics.update(history[step])
+            self.tracker.log(step, metrics, echo=bar.write)
+            bar.update()
+            if step == total or (self.cfg.trainer.save_every and step % self.cfg.trainer.save_every == 0):
+                self.last_checkpoint = self.save_checkpoint(step, history)
+            step += 1
+        bar.close()
+        self.tracker.close()
+        return self.finish(history)
+
+    def finish(self, history: dict[int, dict[str, float]]) -> dict:
+        """End of a run: report plots, and summary.json with the held-out metrics per step."""
+        summary = self.summary(history)
+        write_report(self.run_dir)
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        return summary
+
+    def summary(self, history: dict[int, dict[str, float]]) -> dict:
+        return {"eval": {s: {k: v for k, v in m.items() if k.startswith("eval/")} for s, m in history.items() if m},
+                "steps": self.total_steps}
+
+    def shutdown(self) -> None:
+        shutdown_groups(self.groups)
+
+    # ------------------------------------------------------------------ checkpoints
+    def controller_state(self, step: int, history: dict) -> dict:
+        return {"step": step, "version": self.version, "sampler": self.sampler.state_dict(), "rng": rng_state(),
+                "eval": history, **self.extra_state()}
+
+    def save_checkpoint(self, step: int, history: dict[int, dict[str, float]]) -> str:
+        """Every trainable group saves its ranks' states (and the trained role an HF export) into a
+        temporary folder, the controller adds its own state, and the folder is renamed only when
+        whole (rlhf_ray.checkpoint). The held-out metrics so far go along for the summary."""
+        manager = CheckpointManager(self.run_dir, self.cfg.trainer.keep_last)
+        tmp = manager.begin(step)
+        refs = [(self.groups[r], self.groups[r].call(DeepSpeedWorker.save_state, str(tmp / r))) for r in self.trainable]
+        if self.cfg.trainer.save_hf:
+            refs.append((self.trained, self.trained.call(DeepSpeedWorker.save_hf, str(tmp / self.hf_export),
+                                                         self.inputs.trained_path)))
+        for group, r in refs:
+            group.get(r, f"checkpoint ({group.role})")
+        save_config(self.cfg, tmp / "config.yaml")
+        return str(manager.commit(tmp, self.controller_state(step, history)))
+
+    @property
+    def hf_export(self) -> str:
+        """A trained reward model is no policy: its export is named for its role."""
+        return "policy_hf" if self.spec.trained_role == "learner" else f"{self.spec.trained_role}_hf"
+
+    def resume(self) -> tuple[int, dict[int, dict[str, float]]]:
+        """(step to continue after, held-out metrics so far): (0, {}) for a fresh run."""
+        path = resolve_resume(self.cfg.trainer.resume, self.run_dir)
+        if path is None:
+            return 0, {}
+        state = self.restore_checkpoint(path)
+        self.last_checkpoint = str(path)
+        return state["step"], {int(s): m for s, m in state.get("eval", {}).items()}  # JSON made the steps strings
+
+    def restore_checkpoint(self, path: Path) -> dict:
+        """Loads the trainable groups and the controller state, then gives every rollout engine the
+        restored weights before anything is generated."""
+        state = read_controller_state(path)
+        for role in self.trainable:
+            g = self.groups[role]
+            g.get(g.call(DeepSpeedWorker.load_state, str(path / role)), f"restore ({role})")
+        self.restore_controller(state)
+        print(f"[resume] from {path} at step {state['step']}", flush=True)
+        return state
+
+    def restore_controller(self, state: dict) -> dict:
+        """Sampler, RNG, extra state and engine weights back to ``state``; metrics rows after its step dropped."""
+        self.sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        self.load_extra_state(state)
+        if self.rollout is not None:
+            self.sync_weights(state.get("version", 0))
+        truncate_metrics(self.run_dir / "metrics.jsonl", state["step"])
+        return state
+
+    def sync_weights(self, version: int) -> dict[str, float]:
+        raise NotImplementedError("only loops with rollout engines sync weights")
+
+    # ------------------------------------------------------------------ actor failures
+    def recovering(self, stage: str, fn):
+        """Runs ``fn``; when an actor of an untrained role (rollout, reward, reference) dies in it,
+        those actors are started again (``restart_dead_actors``) and the stage is run again. A lost
+        rank of a trained group raises TrainableLost: its optimizer state is gone, so the loop goes
+        back to the last checkpoint (``restore_trainables``)."""
+        while True:
+            try:
+                return fn()
+            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
+                lost = {role: self.groups[role].dead_ranks() for role in self.trainable}
+                if any(lost.values()):
+                    raise TrainableLost({r: d for r, d in lost.items() if d}, stage) from e
+                self.count_restart(stage, e)
+                restarted = self.restart_dead_actors()
+                if not restarted:
+                    raise
+                print(f"[recover] {stage}: restarted {', '.join(restarted)}; running the stage again", flush=True)
+
+    def count_restart(self, stage: str, error: BaseException) -> None:
+        if self.restarts >= self.cfg.trainer.max_actor_restarts:
+            raise RuntimeError(f"{stage}: actor failure after {self.restarts} restarts (trainer.max_actor_restarts); "
+                               f"continue from the last checkpoint with trainer.resume=auto: {error}") from error
+        self.restarts += 1
+
+    def restart_dead_actors(self) -> list[str]:
+        restarted = []
+        for role, g in self.groups.items():
+            dead = [] if role in self.trainable else g.dead_ranks()
+            if dead:
+                g.respawn(dead)
+                g.get(g.call_ranks(g.worker_cls.init_model, dead, self.inputs.model_paths[role]), f"{role} restart")
+                self.after_restart(role, dead)
+                restarted += [f"{role}-{r}" for r in dead]
+        return restarted
+
+    def after_restart(self, role: str, ranks: list[int]) -> None:
+        """What a restarted actor needs beyond its model (an engine: the current weights)."""
+
+    def restore_trainables(self, lost: TrainableLost) -> dict:
+        """A trained group's rank died: every rank of its group is started again (the survivors are
+        stuck in collectives with the dead one), then all trainable groups, the sampler and the RNG
+        go back to the last checkpoint, or to the start of the run when none was written yet.
+        Returns the controller state restored to; its "step" is the last step that counts."""
+        self.count_restart(str(lost), lost)
+        # Without a checkpoint every trainable group goes back to the initial weights, not only the lost one.
+        restart = list(lost.ranks) if self.last_checkpoint else list(self.trainable)
+        for role in restart:
+            self.groups[role].respawn(list(range(self.groups[role].size)))
+        print(f"[recover] {lost}; restarting {', '.join(restart)} and going back to "
+              f"{self.last_checkpoint or 'the start of the run (no checkpoint yet)'}", flush=True)
+        self.load_models(restart)
+        if self.last_checkpoint:
+            return self.restore_checkpoint(Path(self.last_checkpoint))
+        return self.restore_controller(self.initial_state)
+
+
+def mean_dicts(dicts: list[dict[str, float]]) -> dict[str, float]:
+    """Per-rank metrics of a group → one value each (mean over ranks)."""
+    keys = dicts[0].keys() if dicts else ()
+    return {k: sum(d[k] for d in dicts) / len(dicts) for k in keys}
+
+
+def check_finite(metrics: dict[str, float], step: int, last_checkpoint: str | None) -> None:
+    """A NaN or Inf loss, reward or KL stops the run before it is logged or saved over a good checkpoint."""
+    bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)
+           and k.split("/")[0] in FINITE_CHECKED}
+    if bad:
+        keep = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
+        raise FloatingPointError(f"step {step}: non-finite {bad}; stopping ({keep}; resume with trainer.resume=auto "
+                                 f"after lowering learner.lr or checking the reward)")
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drops rows logged after ``step`` by the run that crashed: the resumed run logs them again."""
+    if path.is_file():
+        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(r + "\n" for r in rows))
