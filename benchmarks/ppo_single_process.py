@@ -42,8 +42,7 @@ from rlhf_ray.batch import Batch, batch_size, build_batch, map_micro_batches, mi
 from rlhf_ray.config import Config, TrainableRole, load_config
 from rlhf_ray.models.forward import ValueModel, response_logprobs, response_values
 from rlhf_ray.tracking import StageTimer
-from rlhf_ray.roles.critic import value_objective
-from rlhf_ray.roles.learner import ppo_objective
+from rlhf_ray.algos.objectives import policy_objective, value_objective
 from rlhf_ray.trainers.estimate import penalize_and_estimate
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -165,12 +164,13 @@ class SingleProcessPPO:
         return check_scores(scores, len(texts), f"reward.function {cfg.reward.function}")
 
     def train_policy(self, batch: Batch, kl_coef: float) -> dict[str, float]:
-        """PolicyLearner.train_ppo's loss on the plain module."""
+        """PolicyLearner.train_policy's loss on the plain module (each micro-batch its own mean: the
+        step normaliser's all-reduce has no counterpart in one process, and costs nothing measurable)."""
         ppo, t = self.cfg.ppo, self.cfg.rollout.temperature
 
         def loss_fn(mb: Batch):
             logp, entropy = response_logprobs(self.policy.module, mb, t, with_entropy=True)
-            return ppo_objective(ppo, logp, entropy, mb, kl_coef)
+            return policy_objective(ppo, self.cfg.spec.objective, self.cfg.loss_agg, logp, entropy, mb, kl_coef)
 
         return {f"learner/{k}": v for k, v in self.policy.train_epochs(batch, loss_fn, ppo.epochs).items()}
 

@@ -53,6 +53,7 @@ class TrainableRole(RoleResources, ScoringBudget):
     lr: float = Field(1e-6, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     adam_betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas.")
+    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     micro_batch_samples_per_actor: int = Field(4, ge=1, description="Samples per forward/backward pass on each actor.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")

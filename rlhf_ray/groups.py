@@ -15,9 +15,12 @@ from typing import Any, Callable, Sequence
 
 import ray
 import torch
+from ray.util.placement_group import remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rlhf_ray.batch import Batch, split_batch
 from rlhf_ray.config import Config, RoleResources
+from rlhf_ray.placement import check_feasible, cluster_nodes, create_placement_groups
 
 
 class RemoteCallError(RuntimeError):
@@ -36,8 +39,6 @@ class WorkerGroup:
         self.actors = [self._spawn(rank) for rank in range(self.size)]
 
     def _spawn(self, rank: int):
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
         remote_cls, cfg, run_id, res = self._spawn_args
         pg = self.placement_group
         return remote_cls.options(
@@ -118,8 +119,6 @@ class WorkerGroup:
 
 def start_groups(cfg: Config, classes: dict[str, type], run_id: str) -> dict[str, WorkerGroup]:
     """Checks the layout against the cluster, reserves placement groups, then starts the actors."""
-    from rlhf_ray.placement import check_feasible, cluster_nodes, create_placement_groups
-
     roles = list(classes)
     check_feasible(cfg, cluster_nodes(), roles)
     pgs = create_placement_groups(cfg, roles)
@@ -143,8 +142,6 @@ def _actor_env(res: RoleResources, keep_freed: bool) -> dict[str, str]:
 
 def shutdown_groups(groups: dict[str, WorkerGroup]) -> None:
     """Kills the actors, then frees their placement groups (colocated roles share one)."""
-    from ray.util.placement_group import remove_placement_group
-
     for g in groups.values():
         g.kill()
     for pg in {id(g.placement_group): g.placement_group for g in groups.values() if g.placement_group}.values():

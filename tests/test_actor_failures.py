@@ -74,7 +74,7 @@ def test_lost_learner_and_critic_ranks_are_restored_from_checkpoints(local_ray, 
 
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     for cls, run_dir in ((PPOTrainer, straight), (KillingTrainer, killed)):
-        trainer = cls(load_config(overrides=overrides(run_dir)))
+        trainer = cls.from_config(load_config(overrides=overrides(run_dir)))
         try:
             trainer.fit()
         finally:

@@ -42,7 +42,7 @@ CONFIG_CASES = [
     ("offline method without data", ["algorithm=dpo"], "set offline.train_file"),
     ("file task without file", ["task.name=gsm8k"], "set task.train_file"),
     ("unknown role in colocate", ["placement.colocate=[[actor, reference]]"], "unknown roles ['actor']"),
-    ("unknown algorithm", ["algorithm=ppo2"], "algorithm: Input should be"),
+    ("unknown algorithm", ["algorithm=ppo2"], "unknown algorithm 'ppo2' (did you mean 'ppo'?)"),
     ("tensor parallel wider than the GPUs of an engine", ["rollout.tensor_parallel_size=2"],
      "rollout.tensor_parallel_size=2 shards each engine over 2 GPUs: set rollout.num_gpus_per_actor=2"),
     ("http reward without a url", ["reward.kind=http"], "reward.kind=http needs reward.url"),

@@ -127,3 +127,34 @@ def test_async_rollout_is_one_step_off_policy_and_corrected(local_ray, tiny_poli
     assert all(r["check/logprob_gap_mean"] > 10 * LOGPROB_GAP_TOL for r in off[1:])
     assert all(abs(r["learner/is_weight_mean"] - 1) < 1e-3 for r in sync)
     assert all(abs(r["learner/is_weight_mean"] - 1) > 1e-3 for r in off[1:])
+
+
+def test_logprob_gap_alarm_names_the_step_when_an_engine_serves_other_weights(local_ray, tiny_policy, tmp_path, capsys):
+    """An engine whose weights differ from the learner's (a sync that silently never arrived, or
+    arrived corrupted) is caught at the next step, before the update: a warning naming the step and
+    the gap, or (ppo.logprob_gap_action=stop) an error."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rlhf_ray.trainers.ppo import LogprobGapError, PPOTrainer
+
+    cfg = load_config(overrides=tiny_overrides(tiny_policy, tmp_path, "algorithm=grpo", "rollout.backend=hf",
+                                               "trainer.total_steps=4"))
+    trainer = PPOTrainer.from_config(cfg)
+    try:
+        healthy = trainer.step(1)
+        assert healthy["check/logprob_gap_mean"] < LOGPROB_GAP_TOL
+        assert "[alarm]" not in capsys.readouterr().out
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_policy)
+        noisy = [(name, p.detach() + 0.05 * torch.randn_like(p)) for name, p in model.named_parameters()]
+        trainer.rollout.get(trainer.rollout.call(Rollout.load_weights, noisy, trainer.version, True))
+        broken = trainer.step(2)  # warn (the default): the step goes on, the alarm names it
+        assert broken["check/logprob_gap_mean"] > cfg.ppo.logprob_gap_warn
+        assert "[alarm] step 2: rollout/learner log-prob gap" in capsys.readouterr().out
+        trainer.rollout.get(trainer.rollout.call(Rollout.load_weights, noisy, trainer.version, True))
+        trainer.cfg.ppo.logprob_gap_action = "stop"
+        with pytest.raises(LogprobGapError, match=r"step 3: rollout/learner log-prob gap [\d.]+ > ppo.logprob_gap_warn=0.05"):
+            trainer.step(3)
+    finally:
+        trainer.shutdown()

@@ -6,10 +6,12 @@ import os
 import random
 
 import numpy as np
+import ray
 import torch
 
 from rlhf_ray.batch import Batch, map_micro_batches
 from rlhf_ray.config import Config, RoleResources
+from rlhf_ray.models.packing_check import use_packing
 
 
 class Worker:
@@ -30,8 +32,6 @@ class Worker:
 
     def check_packing(self, model: torch.nn.Module, forward=None) -> None:
         """Sets ``self.pack`` from ``model.sequence_packing`` and a check of ``model`` (rlhf_ray.models.packing)."""
-        from rlhf_ray.models.packing_check import use_packing
-
         self.pack = use_packing(model, self.cfg.model.sequence_packing, f"{self.role}-{self.rank}", forward)
 
     def map_forward(self, batch: Batch, fn, per_token: bool = False) -> torch.Tensor:
@@ -41,8 +41,6 @@ class Worker:
 
     def identity(self) -> dict:
         """Where this actor runs: for placement checks, dashboards and failure messages."""
-        import ray
-
         ctx = ray.get_runtime_context()
         return {"role": self.role, "rank": self.rank, "pid": os.getpid(),
                 "node_ip": ray.util.get_node_ip_address(), "node_id": ctx.get_node_id(),

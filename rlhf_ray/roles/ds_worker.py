@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import os
 
+import ray
 import torch
 
 from rlhf_ray.algos import Normalizer
+from rlhf_ray.checkpoint import rng_state, safe_checkpoint_engine, set_rng_state
 from rlhf_ray.batch import Batch, batch_size, micro_batches, select
 from rlhf_ray.config import Config, TrainableRole
+from rlhf_ray.models.loading import load_tokenizer
 from rlhf_ray.roles.base import Worker, free_port
 
 
@@ -27,8 +30,6 @@ class DeepSpeedWorker(Worker):
 
     # -- group setup: the controller asks rank 0 for an address, then calls setup on every rank
     def master_address(self) -> tuple[str, int]:
-        import ray
-
         return ray.util.get_node_ip_address(), free_port()
 
     def setup_distributed(self, addr: str, port: int) -> None:
@@ -55,7 +56,8 @@ class DeepSpeedWorker(Worker):
             "fp16": {"enabled": r.precision == "fp16"},
             # torch's AdamW: no C++/CUDA op build on first use, works on every accelerator.
             "optimizer": {"type": "AdamW", "params": {"lr": r.lr, "betas": list(r.adam_betas),
-                                                       "weight_decay": r.weight_decay, "torch_adam": True}},
+                                                       "weight_decay": r.weight_decay, "eps": r.adam_eps,
+                                                       "torch_adam": True}},
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
         }
@@ -68,8 +70,6 @@ class DeepSpeedWorker(Worker):
         self.engine, *_ = deepspeed.initialize(
             model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
             config=self.ds_config())
-        from rlhf_ray.checkpoint import safe_checkpoint_engine
-
         self.engine.checkpoint_engine = safe_checkpoint_engine(self.engine._config)
 
     @property
@@ -162,8 +162,6 @@ class DeepSpeedWorker(Worker):
         are gathered one parameter at a time (collectively), and rank 0 writes them."""
         import deepspeed
 
-        from rlhf_ray.models.loading import load_tokenizer
-
         zero3 = self.role_cfg.zero_stage == 3
         state = {}
         for name, p in self.module.named_parameters():
@@ -182,15 +180,11 @@ class DeepSpeedWorker(Worker):
     # -- checkpoints: every rank saves and loads its own partition (ZeRO), collectively
     def save_state(self, folder: str) -> None:
         """DeepSpeed state (weights, optimizer, scheduler) plus this rank's update count and RNG."""
-        from rlhf_ray.checkpoint import rng_state
-
         self.engine.save_checkpoint(folder, tag="state", save_latest=False)
         with open(os.path.join(folder, f"rank{self.rank}.json"), "w") as f:
             json.dump({"updates": self._updates, "rng": rng_state()}, f)
 
     def load_state(self, folder: str) -> int:
-        from rlhf_ray.checkpoint import set_rng_state
-
         path, _ = self.engine.load_checkpoint(folder, tag="state", load_optimizer_states=True,
                                               load_lr_scheduler_states=True)
         if path is None:

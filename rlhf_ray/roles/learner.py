@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 
+import ray
 import torch
 
 from rlhf_ray.algos import sft_loss
@@ -12,6 +13,7 @@ from rlhf_ray.algos.objectives import policy_objective
 from rlhf_ray.algos.offline import kto_objective, kto_reference_point_distributed, preference_objective
 from rlhf_ray.batch import Batch, select
 from rlhf_ray.models.forward import response_logprobs, sequence_logprobs
+from rlhf_ray.models.loading import load_causal_lm
 from rlhf_ray.models.wire import to_wire
 from rlhf_ray.roles.ds_worker import DeepSpeedWorker
 
@@ -20,8 +22,6 @@ class PolicyLearner(DeepSpeedWorker):
     role = "learner"
 
     def init_model(self, model_path: str) -> int:
-        from rlhf_ray.models.loading import load_causal_lm
-
         model = load_causal_lm(model_path, torch.float32)
         self.check_packing(model)
         self._initialize(model)
@@ -103,7 +103,6 @@ class PolicyLearner(DeepSpeedWorker):
         rollout engines in buckets of about ``bucket_mb`` MiB: one object-store put and one remote
         call per bucket per engine, never one per parameter."""
         import deepspeed
-        import ray
 
         start = time.perf_counter()
         zero3 = self.role_cfg.zero_stage == 3

