@@ -85,3 +85,37 @@ def test_lost_learner_and_critic_ranks_are_restored_from_checkpoints(local_ray, 
     for a, b in zip(want[1:], got[1:]):
         for key in ("reward/mean", "kl/mean", "learner/policy_loss", "critic/value_loss"):
             assert b[key] == pytest.approx(a[key], abs=1e-5), (a["step"], key)
+
+
+def test_offline_loop_restores_a_lost_learner_rank_from_its_checkpoint(local_ray, tiny_policy, tmp_path):
+    """The offline loop has the same recovery as every loop (Controller.fit): DPO with two learner
+    ranks, rank 1 killed in step 3 after the step-2 checkpoint, finishes as the uninterrupted run."""
+    from test_offline_integration import overrides, write_pairs
+
+    from rlhf_ray.trainers.offline import OfflineTrainer
+
+    class KillingTrainer(OfflineTrainer):
+        kills = {3: 1}
+
+        def step(self, step):
+            if step in self.kills:
+                _kill(self.learner, self.kills.pop(step))
+            return super().step(step)
+
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    runs = {}
+    for cls, name in ((OfflineTrainer, "straight"), (KillingTrainer, "killed")):
+        cfg = load_config(overrides=overrides(tiny_policy, tmp_path / name, data, "dpo", "offline.max_steps=4",
+                                              "learner.num_actors=2", "learner.micro_batch_samples_per_actor=2",
+                                              "learner.lr=5e-3", "trainer.save_every=2", "trainer.save_hf=false"))
+        trainer = cls.from_config(cfg)
+        try:
+            trainer.fit()
+        finally:
+            trainer.shutdown()
+        runs[name] = _metrics(tmp_path / name)
+    assert trainer.restarts == 1 and not trainer.kills
+    assert [r["step"] for r in runs["killed"]] == list(range(5))  # each step logged once
+    for a, b in zip(runs["straight"][1:], runs["killed"][1:]):
+        for key in ("learner/loss", "learner/margin"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)

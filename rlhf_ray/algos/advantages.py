@@ -132,7 +132,9 @@ def dr_grpo(scores: Tensor, group_size: int, mask: Tensor, **_unused) -> Tuple[T
 
 @ADVANTAGE_ESTIMATORS.register("rloo")
 @torch.no_grad()
-def rloo(scores: Tensor, group_size: int, mask: Tensor, normalize_std: bool = False, **_unused) -> Tuple[Tensor, Tensor]:
+def rloo(
+    scores: Tensor, group_size: int, mask: Tensor, normalize_std: bool = False, **_unused
+) -> Tuple[Tensor, Tensor]:
     """REINFORCE Leave-One-Out (Kool et al. 2019; Ahmadian et al. 2024).
 
     A_i = s_i - (sum_g(s) - s_i) / (n - 1), broadcast over row i's valid tokens.

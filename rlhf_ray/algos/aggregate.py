@@ -4,9 +4,9 @@ An optimiser step accumulates gradients over micro-batches and averages them ove
 micro-batch took its own mean, every micro-batch would weigh the same whatever its token count:
 lengths [9, 1 | 2, 1] with loss 1 on the first micro-batch's tokens and 0 on the second's would give
 the optimiser 0.5 where the documented token mean is 10/13 = 0.769. So each micro-batch divides its
-*sum* by the step's counts (a ``Normalizer``: tokens, sequences and units of every micro-batch on every rank);
-the trainer then undoes the engine's averaging (× accumulation steps × ranks), and the accumulated
-gradient is exactly the gradient of the documented mean over the step.
+*sum* by the step's counts (a ``Normalizer``: tokens, sequences and units of every micro-batch on
+every rank); the trainer then undoes the engine's averaging (× accumulation steps × ranks), and the
+accumulated gradient is exactly the gradient of the documented mean over the step.
 
 Aggregations (``agg``) of a per-token loss l over response tokens (mask m), N tokens, S sequences:
 

@@ -46,7 +46,8 @@ def ppo_policy_loss(
     surr = ratio * advantages
     surr_clipped = ratio.clamp(1.0 - clip_eps, 1.0 + eps_high) * advantages
     loss_tok = -torch.minimum(surr, surr_clipped)
-    return _weighted_loss(loss_tok, mask, agg, is_weights, norm), _ratio_metrics(log_ratio, ratio, surr_clipped < surr, mask)
+    metrics = _ratio_metrics(log_ratio, ratio, surr_clipped < surr, mask)
+    return _weighted_loss(loss_tok, mask, agg, is_weights, norm), metrics
 
 
 def _weighted_loss(loss_tok: Tensor, mask: Tensor, agg: str, is_weights: Optional[Tensor],

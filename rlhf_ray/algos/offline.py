@@ -22,7 +22,8 @@ from .registry import PREFERENCE_LOSSES
 
 
 def preference_objective(objective: str, oc: OfflineConfig, logps: Tensor, lengths: Tensor,
-                         ref_logps: Tensor | None = None, norm: Normalizer | None = None) -> tuple[Tensor, dict[str, float]]:
+                         ref_logps: Tensor | None = None,
+                         norm: Normalizer | None = None) -> tuple[Tensor, dict[str, float]]:
     """Mean preference loss of adjacent (chosen, rejected) rows over the step ``norm`` counts (in
     pairs), and its metrics (means over this batch).
 

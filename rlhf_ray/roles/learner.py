@@ -53,7 +53,8 @@ class PolicyLearner(DeepSpeedWorker):
         One pass over this rank's shard; its size should be a multiple of one optimiser step."""
         def loss_fn(mb: Batch, norm):
             logp, _ = response_logprobs(self.engine, mb, pack=self.pack)
-            return sft_loss(logp, mb["response_mask"], norm), {"sft_loss": sft_loss(logp.detach(), mb["response_mask"]).item()}
+            mask = mb["response_mask"]
+            return sft_loss(logp, mask, norm), {"sft_loss": sft_loss(logp.detach(), mask).item()}
 
         start = time.perf_counter()
         metrics = self._train_epochs(batch, loss_fn)

@@ -44,7 +44,8 @@ class RewardTrainer(DeepSpeedWorker):
         def loss_fn(mb: Batch, norm):
             scores = sequence_scores(self.module, mb, self.pack)
             loss, metrics = bradley_terry_loss(scores[0::2], scores[1::2], margin or None, norm)
-            metrics.update(loss=bradley_terry_loss(scores[0::2].detach(), scores[1::2].detach(), margin or None)[0].item(), score_chosen=scores[0::2].mean().item(),
+            own_mean, _ = bradley_terry_loss(scores[0::2].detach(), scores[1::2].detach(), margin or None)
+            metrics.update(loss=own_mean.item(), score_chosen=scores[0::2].mean().item(),
                            score_rejected=scores[1::2].mean().item())
             return loss, metrics
 

@@ -94,12 +94,13 @@ class OfflineTrainer(Controller):
         with timer("batch"):
             index = self.sampler.next(self.cfg.offline.batch_samples_global)
             batch = collate([self.train.units[i] for i in index], self.tokenizer.pad_token_id)
-        if self.reference is not None:
+        if self.reference is not None:  # a reference actor that dies is restarted and asked again
             with timer("reference"):
-                batch["ref_logps"] = self.batch_reference(batch, index)
-        with timer("update"):
+                batch["ref_logps"] = self.recovering("reference", lambda: self.batch_reference(batch, index))
+        with timer("update"):  # a lost learner rank: back to the last checkpoint (Controller.fit)
             update = UPDATES[self.spec.update]
-            metrics = mean_dicts(self.trained.get(self.trained.map_batch(update, batch), f"{self.spec.update} update"))
+            metrics = mean_dicts(self.recovering("update", lambda: self.trained.get(
+                self.trained.map_batch(update, batch), f"{self.spec.update} update")))
         metrics.update(timer.seconds)
         metrics["time/step"] = time.perf_counter() - start
         metrics["throughput/tokens_per_s"] = float(batch["attention_mask"].sum()) / metrics["time/step"]

@@ -91,8 +91,7 @@ class PPOTrainer(OnlineController):
         asynchronous step (one update behind by design) are not compared."""
         if min(gen["versions"]) != self.version:
             return
-        mask = batch["response_mask"]
-        gap = float(masked_mean((batch["rollout_logprobs"] - batch["old_logprobs"]).abs(), mask))
+        gap = float(masked_mean(logprob_gap(batch), batch["response_mask"]))
         limit = self.cfg.ppo.logprob_gap_warn
         if gap <= limit:
             return
@@ -116,8 +115,7 @@ class PPOTrainer(OnlineController):
         return self.reward.gather_cat(rew, "reward scores")
 
     def _sample_metrics(self, batch: Batch, scores, kl, seq_kl, gen, beta) -> dict[str, float]:
-        mask = batch["response_mask"]
-        gap = (batch["rollout_logprobs"] - batch["old_logprobs"]).abs()
+        mask, gap = batch["response_mask"], logprob_gap(batch)
         lengths = batch["response_lengths"].float()
         return {
             "reward/mean": float(scores.mean()), "reward/std": float(scores.std()) if len(scores) > 1 else 0.0,
@@ -185,6 +183,12 @@ class RolloutQueue:
     def close(self) -> None:
         if self.pool is not None:  # actors are killed next, which ends a generation in flight
             self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def logprob_gap(batch: Batch):
+    """|rollout − learner| log-prob of every sampled token [B, R]: the engine's and the learner's
+    view of the same tokens; numerical noise when both hold the same weights."""
+    return (batch["rollout_logprobs"] - batch["old_logprobs"]).abs()
 
 
 class LogprobGapError(RuntimeError):

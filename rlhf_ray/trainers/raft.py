@@ -65,7 +65,8 @@ class RaftTrainer(OnlineController):
         start = time.perf_counter()
         with timer("generate"):
             rows = self.inputs.sample_rows(raft.prompts_per_round, raft.samples_per_prompt)
-            gen, batch, scores = self.generate_and_score(self.train_set, rows, seed=r * 1_000_003)
+            gen, batch, scores = self.recovering(
+                "generate", lambda: self.generate_and_score(self.train_set, rows, seed=r * 1_000_003))
         kept = whole_steps(select_samples(scores, raft.samples_per_prompt, raft), self.cfg.optimizer_batch_global,
                            seed=self.cfg.trainer.seed + r)
         metrics = {"reward/mean": float(scores.mean()), "raft/selected": float(len(kept)),
@@ -80,11 +81,11 @@ class RaftTrainer(OnlineController):
             with timer("update"):
                 metrics["raft/selected_logprob_before"] = self._mean_logprob(sft)
                 for _ in range(raft.sft_epochs):
-                    metrics.update(mean_dicts(self.learner.get(self.learner.map_batch(PolicyLearner.train_sft, sft),
-                                                               "SFT update")))
+                    metrics.update(mean_dicts(self.recovering("update", lambda: self.learner.get(
+                        self.learner.map_batch(PolicyLearner.train_sft, sft), "SFT update"))))
                 metrics["raft/selected_logprob_after"] = self._mean_logprob(sft)
             with timer("sync"):
-                metrics.update(self.sync_weights(r))
+                metrics.update(self.recovering("sync", lambda: self.sync_weights(r)))
         else:
             print(f"[raft] round {r}: fewer than offline.batch_samples_global={self.cfg.optimizer_batch_global} "
                   "samples selected; no update this round", flush=True)
