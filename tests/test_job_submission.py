@@ -34,27 +34,30 @@ def test_entrypoint_and_runtime_env(monkeypatch, tmp_path):
         runtime_env(".", requirements="nope.txt")
 
 
+def _cli(*args, timeout=120) -> subprocess.CompletedProcess:
+    """`rlhf-ray ...` in its own process, as a user runs it: Ray's client reads RAY_AUTH_MODE when it is
+    first imported, and this test process has imported Ray long before (other test modules)."""
+    return subprocess.run([str(Path(sys.executable).parent / "rlhf-ray"), *args], capture_output=True, text=True,
+                          timeout=timeout, env={k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"})
+
+
 @pytest.fixture
 def ray_head(tmp_path):
     gcs, dash = free_port(), free_port()
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    # The head's `python` must be this environment's, as a cluster image's python has the project's deps.
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
          f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=8",
          "--disable-usage-stats"], env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{dash}"
-    from rlhf_ray.jobs import list_jobs
-
     deadline = time.monotonic() + 120
-    while True:
-        try:
-            list_jobs(address)
-            break
-        except Exception:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                pytest.fail("the local Ray head did not come up within 120 s")
-            time.sleep(2)
+    while _cli("jobs", "list", "--address", address).returncode != 0:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            pytest.fail("the local Ray head did not come up within 120 s")
+        time.sleep(2)
     yield address
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=60)
@@ -62,16 +65,13 @@ def ray_head(tmp_path):
 
 @pytest.mark.slow
 def test_submit_tiny_ppo_job(ray_head, tiny_policy, tmp_path):
-    from rlhf_ray import jobs
-
     run_dir = tmp_path / "run"
     overrides = tiny_overrides(tiny_policy, run_dir, "rollout.backend=hf")
-    job_id = jobs.submit(None, overrides, address=ray_head, working_dir=str(ROOT))
-    status = jobs.wait(job_id, ray_head, timeout_s=900)
-    logs = jobs.client(ray_head).get_job_logs(job_id)
-    assert status == "SUCCEEDED", logs[-3000:]
-    assert job_id in {j["job_id"] for j in jobs.list_jobs(ray_head)}
+    job = _cli("submit", *overrides, "--address", ray_head, "--working-dir", str(ROOT), "--job-id", "tiny-ppo",
+               "--follow", timeout=900)
+    assert job.returncode == 0 and "job tiny-ppo SUCCEEDED" in job.stdout, (job.stdout + job.stderr)[-3000:]
+    assert "tiny-ppo\tSUCCEEDED" in _cli("jobs", "list", "--address", ray_head).stdout
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2] and "eval/accuracy" in rows[-1]
     assert (run_dir / "report.png").is_file() and "steps: 2" in (run_dir / "report.txt").read_text()
-    assert "held-out eval/accuracy: before" in logs
+    assert "held-out eval/accuracy: before" in job.stdout
