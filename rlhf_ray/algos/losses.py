@@ -43,11 +43,16 @@ def ppo_policy_loss(
     log_ratio = logp - old_logp
     # Same overflow guard as the KL estimators; beyond it the token is clipped anyway.
     ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    loss_tok, clipped = _clipped_surrogate(ratio, advantages, clip_eps, eps_high)
+    metrics = _ratio_metrics(log_ratio, ratio, clipped, mask)
+    return _weighted_loss(loss_tok, mask, agg, is_weights, norm), metrics
+
+
+def _clipped_surrogate(ratio: Tensor, advantages: Tensor, clip_eps: float, eps_high: float) -> Tuple[Tensor, Tensor]:
+    """-min(rho A, clip(rho, 1 - eps, 1 + eps_high) A) per token, and where the clipped term won."""
     surr = ratio * advantages
     surr_clipped = ratio.clamp(1.0 - clip_eps, 1.0 + eps_high) * advantages
-    loss_tok = -torch.minimum(surr, surr_clipped)
-    metrics = _ratio_metrics(log_ratio, ratio, surr_clipped < surr, mask)
-    return _weighted_loss(loss_tok, mask, agg, is_weights, norm), metrics
+    return -torch.minimum(surr, surr_clipped), surr_clipped < surr
 
 
 def _weighted_loss(loss_tok: Tensor, mask: Tensor, agg: str, is_weights: Optional[Tensor],
@@ -94,10 +99,8 @@ def gspo_policy_loss(
     seq_log_ratio = masked_mean(log_ratio, mask, dim=-1).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     # value s_i on every token, gradient s_i · ∇logp_t
     ratio = torch.exp(seq_log_ratio.detach().unsqueeze(-1) + logp - logp.detach())
-    surr = ratio * advantages
-    surr_clipped = ratio.clamp(1.0 - clip_eps, 1.0 + eps_high) * advantages
-    loss_tok = -torch.minimum(surr, surr_clipped)
-    metrics = _ratio_metrics(log_ratio, ratio, surr_clipped < surr, mask)
+    loss_tok, clipped = _clipped_surrogate(ratio, advantages, clip_eps, eps_high)
+    metrics = _ratio_metrics(log_ratio, ratio, clipped, mask)
     metrics["seq_ratio_mean"] = masked_mean(ratio.detach(), mask).item()
     return _weighted_loss(loss_tok, mask, agg, is_weights, norm), metrics
 

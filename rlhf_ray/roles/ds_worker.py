@@ -124,8 +124,8 @@ class DeepSpeedWorker(Worker):
         """Response tokens, sequences and units (of ``rows_per_unit`` rows) of one optimiser step:
         this rank's micro-batches, summed over the data-parallel ranks."""
         horizon = self.cfg.rollout.max_new_tokens
-        mine = sum((Normalizer.of(mb["response_mask"], rows_per_unit, horizon) for mb in micro[1:]),
-                   Normalizer.of(micro[0]["response_mask"], rows_per_unit, horizon))
+        parts = [Normalizer.of(mb["response_mask"], rows_per_unit, horizon) for mb in micro]
+        mine = sum(parts[1:], parts[0])
         if self.world_size == 1:
             return mine
         counts = torch.tensor([mine.tokens, mine.sequences, mine.units], dtype=torch.float64)
