@@ -94,9 +94,13 @@ class RayMetrics:
                 gauge.set(float(metrics[k]), tags=self.tags)
 
 
+# One list for every loop: a key a loop does not log is left out of its line.
 CONSOLE_KEYS = [("reward/mean", "reward"), ("eval/accuracy", "eval_acc"), ("kl/mean", "kl"),
                 ("learner/policy_loss", "pg_loss"), ("critic/value_loss", "v_loss"), ("learner/clipfrac", "clip"),
-                ("response/length_mean", "len"), ("check/logprob_gap_mean", "lp_gap"), ("time/step", "s")]
+                ("response/length_mean", "len"), ("check/logprob_gap_mean", "lp_gap"),
+                ("learner/loss", "loss"), ("learner/sft_loss", "loss"), ("reward/loss", "loss"),
+                ("learner/accuracy", "acc"), ("reward/accuracy", "acc"), ("learner/margin", "margin"),
+                ("reward/margin", "margin"), ("eval/nll", "eval_nll"), ("time/step", "s")]
 
 
 def console_line(step: int, metrics: dict[str, float]) -> str:

@@ -35,3 +35,10 @@ def test_stage_timer_accumulates():
 
 def test_console_line_order():
     assert console_line(3, {"time/step": 2.0, "reward/mean": 1.0}) == "step 3 | reward=1 | s=2"
+
+
+def test_console_line_shows_offline_losses_too():
+    """Every loop logs through the same Tracker: an offline step's line names its loss, accuracy and margin."""
+    line = console_line(5, {"learner/loss": 0.69, "learner/accuracy": 0.5, "learner/margin": 0.01, "time/step": 2.0})
+    assert line == "step 5 | loss=0.69 | acc=0.5 | margin=0.01 | s=2"
+    assert console_line(5, {"reward/loss": 0.6, "reward/accuracy": 0.75}) == "step 5 | loss=0.6 | acc=0.75"
