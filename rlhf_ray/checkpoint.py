@@ -9,15 +9,23 @@ Layout of ``<run_dir>/checkpoints/step_000010/``::
                          (reward/ for reward-model training)
     policy_hf/           the policy as a Hugging Face folder (safetensors), loadable by from_pretrained and vLLM
                          (reward_hf/ for reward-model training)
+    MANIFEST.json        size and SHA-256 of every file above
     COMPLETE             written last
 
-A checkpoint is assembled in ``step_000010.tmp`` and renamed when complete, so a crash during a save
-leaves the previous checkpoint whole; `latest()` never returns a folder without COMPLETE.
+A checkpoint is assembled in ``step_000010.tmp``, every file fsynced, and renamed when complete, so
+a crash (or power loss) during a save leaves the previous checkpoint whole; `latest()` never returns
+a folder without COMPLETE, and `verify` finds a file changed or cut since (before any actor loads it).
+
+Checkpoints carry the id of the run that wrote them (``run_id`` in controller.json): pruning to
+``keep_last`` only ever deletes the writing run's older checkpoints, never another run's and never
+the one just committed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -26,12 +34,21 @@ import numpy as np
 import torch
 
 MARKER = "COMPLETE"
+MANIFEST = "MANIFEST.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from: incomplete, unreadable, changed since it was written."""
 
 
 class CheckpointManager:
-    def __init__(self, run_dir: str | Path, keep_last: int):
+    """Checkpoints under ``<run_dir>/checkpoints``; ``run_id``: the run whose checkpoints this
+    manager writes and prunes (None: every checkpoint counts as its own, for reading only)."""
+
+    def __init__(self, run_dir: str | Path, keep_last: int, run_id: str | None = None):
         self.root = Path(run_dir) / "checkpoints"
         self.keep_last = keep_last
+        self.run_id = run_id
 
     def begin(self, step: int) -> Path:
         """A fresh temporary folder for a checkpoint at ``step``."""
@@ -42,13 +59,17 @@ class CheckpointManager:
         return tmp
 
     def commit(self, tmp: Path, controller_state: dict) -> Path:
-        (tmp / "controller.json").write_text(json.dumps(controller_state, indent=1))
+        """Controller state, manifest and marker into ``tmp``, everything fsynced, then the rename."""
+        (tmp / "controller.json").write_text(json.dumps({**controller_state, "run_id": self.run_id}, indent=1))
+        (tmp / MANIFEST).write_text(json.dumps(manifest(tmp), indent=1))
         (tmp / MARKER).write_text("ok\n")
+        fsync_tree(tmp)
         final = tmp.with_suffix("")
         if final.exists():  # a re-run of the same step replaces it only once the new one is whole
             shutil.rmtree(final)
         tmp.rename(final)
-        self._prune()
+        _fsync_dir(self.root)
+        self._prune(keep=final)
         return final
 
     def complete(self) -> list[Path]:
@@ -61,11 +82,80 @@ class CheckpointManager:
         done = self.complete()
         return done[-1] if done else None
 
-    def _prune(self) -> None:
-        for old in self.complete()[:-self.keep_last]:
+    def owned(self) -> list[Path]:
+        """Complete checkpoints written by this manager's run, oldest first."""
+        return [p for p in self.complete() if _writer(p) == self.run_id]
+
+    def _prune(self, keep: Path) -> None:
+        mine = [p for p in self.owned() if p != keep]
+        for old in mine[:max(len(mine) - (self.keep_last - 1), 0)]:
             shutil.rmtree(old)
         for tmp in self.root.glob("step_*.tmp"):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _writer(path: Path) -> str | None:
+    try:
+        return json.loads((path / "controller.json").read_text()).get("run_id")
+    except (OSError, ValueError):
+        return None  # unreadable: not provably ours, so never pruned
+
+
+def manifest(folder: Path) -> dict[str, list]:
+    """{relative path: [bytes, sha256]} of every file under ``folder`` (the manifest and marker aside)."""
+    out = {}
+    for f in sorted(folder.rglob("*")):
+        rel = f.relative_to(folder).as_posix()
+        if f.is_file() and rel not in (MANIFEST, MARKER):
+            with f.open("rb") as fh:
+                out[rel] = [f.stat().st_size, hashlib.file_digest(fh, "sha256").hexdigest()]
+    return out
+
+
+def verify(path: Path) -> None:
+    """Raises CheckpointError naming the first file missing, added, resized or changed since the
+    checkpoint was committed. A checkpoint from before manifests were written passes unchecked."""
+    listed = path / MANIFEST
+    if not listed.is_file():
+        return
+    try:
+        expected = json.loads(listed.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path}: {MANIFEST} is not valid JSON ({e})") from None
+    found = {f.relative_to(path).as_posix() for f in path.rglob("*") if f.is_file()} - {MANIFEST, MARKER}
+    added = sorted(found - set(expected))
+    if added:
+        raise CheckpointError(f"checkpoint {path}: file {added[0]} is not in its {MANIFEST} (added after the save)")
+    for rel, (size, digest) in expected.items():
+        f = path / rel
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint {path}: file {rel} is missing")
+        if f.stat().st_size != size:
+            raise CheckpointError(f"checkpoint {path}: file {rel} is {f.stat().st_size} bytes, {size} when saved")
+        with f.open("rb") as fh:
+            if hashlib.file_digest(fh, "sha256").hexdigest() != digest:
+                raise CheckpointError(f"checkpoint {path}: file {rel} changed since the save (SHA-256 differs)")
+
+
+def fsync_tree(folder: Path) -> None:
+    """Every file and folder under ``folder`` to disk, so the rename that commits it never lands first."""
+    for f in folder.rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for d in [folder, *(d for d in folder.rglob("*") if d.is_dir())]:
+        _fsync_dir(d)
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def resolve_resume(resume: str, run_dir: str | Path) -> Path | None:
@@ -82,7 +172,13 @@ def resolve_resume(resume: str, run_dir: str | Path) -> Path | None:
 
 
 def read_controller_state(path: Path) -> dict:
-    return json.loads((path / "controller.json").read_text())
+    try:
+        state = json.loads((path / "controller.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path}: controller.json cannot be read ({e})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"checkpoint {path}: controller.json has no integer 'step'")
+    return state
 
 
 # -- RNG state as plain JSON (so nothing is unpickled on load)

@@ -21,6 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rlhf_ray.algorithms import ALGORITHMS, AlgorithmSpec, LossAgg
 
 DEFAULT_POLICY = "smollm2"  # resolved to the folder that `rlhf-ray prepare-model` writes
+ROLE_SECTIONS = ("rollout", "learner", "critic", "reference", "reward")
+# Keys a kind of loop never reads, and the key it reads instead: setting one is an error, not a no-op.
+READ_INSTEAD = {
+    "online": {"offline.max_steps": "trainer.total_steps", "offline.eval_every": "trainer.eval_every"},
+    "offline": {"trainer.total_steps": "offline.max_steps", "trainer.eval_every": "offline.eval_every"},
+    "reward_model": {"trainer.total_steps": "offline.max_steps", "trainer.eval_every": "offline.eval_every"},
+    "raft": {"trainer.total_steps": "raft.rounds", "offline.max_steps": "raft.rounds"},
+}
 
 
 class ConfigError(ValueError):
@@ -33,7 +41,9 @@ class _Strict(BaseModel):
 
 class RoleResources(_Strict):
     num_actors: int = Field(1, ge=1, description="How many Ray actors this role runs.")
-    num_cpus_per_actor: float = Field(0.5, ge=0, description="Logical CPUs Ray reserves for each actor.")
+    num_cpus_per_actor: float = Field(0.4, ge=0, description=(
+        "Logical CPUs Ray reserves for each actor (0.4: the five roles of PPO fit a 2-core machine; a local Ray "
+        "has only the machine's CPUs, see ray.local_num_cpus)."))
     num_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs Ray reserves for each actor (fractions share a GPU).")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads in each actor; 0 = Ray's default (OMP_NUM_THREADS = num_cpus_per_actor rounded, at least 1).")
 
@@ -223,7 +233,18 @@ class TrainerConfig(_Strict):
     save_every: int = Field(0, ge=0, description="Checkpoint every K steps (0 = only at the end); see docs/reliability.md.")
     keep_last: int = Field(2, ge=1, description="Complete checkpoints kept; older ones are deleted.")
     save_hf: bool = Field(True, description="Put an HF export of the policy (safetensors) in every checkpoint.")
-    resume: str = Field("none", description="'auto' = newest complete checkpoint of run_dir, 'none', or a checkpoint folder.")
+    resume: str = Field("none", description=(
+        "'auto' = newest complete checkpoint of run_dir (a fresh start when there is none), 'none', or a checkpoint "
+        "folder; the checkpoint must fit the config (docs/reliability.md)."))
+    overwrite: bool = Field(False, description=(
+        "Start afresh in a run_dir that holds another run's outputs, deleting its checkpoints and metrics; "
+        "without it such a start is an error."))
+
+    @model_validator(mode="after")
+    def _overwrite_is_fresh(self) -> "TrainerConfig":
+        if self.overwrite and self.resume != "none":
+            raise ValueError(f"trainer.overwrite=true starts afresh: it cannot go with trainer.resume={self.resume}")
+        return self
 
 
 class LoggingConfig(_Strict):
@@ -236,8 +257,15 @@ class LoggingConfig(_Strict):
 
 
 class RayConfig(_Strict):
-    address: str | None = Field(None, description="Ray cluster address; empty = start a local Ray on 127.0.0.1.")
-    local_num_cpus: int | None = Field(None, ge=1, description="Logical CPUs of a local Ray; empty = enough for the layout.")
+    address: str | None = Field(None, description=(
+        "Which Ray the run uses. Empty = the cluster of the Ray job it runs in (a driver started by `rlhf-ray submit` "
+        "or `ray job submit`, for which Ray sets RAY_ADDRESS and RAY_JOB_CONFIG_JSON_ENV_VAR), otherwise a private "
+        "local Ray on 127.0.0.1 (a RAY_ADDRESS in your shell alone does not count); 'local' = always a private local "
+        "Ray, even inside a job; 'auto', 'HOST:6379' or 'ray://HOST:10001' = join that cluster ('auto': RAY_ADDRESS, "
+        "else the `ray start` head on this machine)."))
+    local_num_cpus: int | None = Field(None, ge=1, description=(
+        "Logical CPUs of a local Ray; empty = the machine's CPU count, and a layout asking more is an error "
+        "before anything starts (set this to oversubscribe on purpose)."))
     local_num_gpus: int | None = Field(None, ge=0, description="Logical GPUs of a local Ray (for layout tests).")
     local_dashboard: bool = Field(True, description="Start the Ray dashboard (127.0.0.1:8265) with a local Ray.")
     namespace: str = Field("rlhf_ray", description="Ray namespace of the run's named actors.")
@@ -255,7 +283,7 @@ class PlacementConfig(_Strict):
 
     @model_validator(mode="after")
     def _known_roles(self) -> "PlacementConfig":
-        roles = {"rollout", "learner", "critic", "reference", "reward"}
+        roles = set(ROLE_SECTIONS)
         seen: set[str] = set()
         for group in self.colocate:
             bad = [r for r in group if r not in roles]
@@ -311,6 +339,39 @@ class Config(_Strict):
     def optimizer_batch_global(self) -> int:
         """Samples (pairs for preference losses) per optimiser step, all trainer actors together."""
         return self.ppo.minibatch_samples_global if self.spec.update == "policy" else self.offline.batch_samples_global
+
+    def is_set(self, key: str) -> bool:
+        """Whether ``key`` ('a.b') was given in the file or overrides with a value other than its
+        default (a saved config.yaml lists every key; only the changed ones were asked for)."""
+        node, default = self, Config.model_construct()  # defaults, without running these checks again
+        *sections, leaf = key.split(".")
+        for name in sections:
+            if name not in node.model_fields_set:
+                return False
+            node, default = getattr(node, name), getattr(default, name)
+        return leaf in node.model_fields_set and getattr(node, leaf) != getattr(default, leaf)
+
+    def unused_settings(self) -> list[str]:
+        """Settings changed from their defaults in sections this algorithm's loop never reads."""
+        spec = self.spec
+        unused = [s for s in ROLE_SECTIONS if s not in spec.roles]
+        if spec.update != "policy":
+            unused.append("ppo")
+        out = []
+        for s in unused:
+            keys = sorted(k for k in getattr(self, s).model_fields_set if self.is_set(f"{s}.{k}"))
+            if keys:
+                out.append(f"{s}.{', '.join(keys)}: algorithm={self.algorithm} "
+                           + (f"starts no {s}" if s in ROLE_SECTIONS else "does not read them"))
+        return out
+
+    @model_validator(mode="after")
+    def _keys_the_loop_reads(self) -> "Config":
+        for key, instead in READ_INSTEAD[self.spec.controller].items():
+            if self.is_set(key):
+                raise ValueError(f"{key} is not read by algorithm={self.algorithm} ({self.spec.controller} loop): "
+                                 f"set {instead} instead")
+        return self
 
     @model_validator(mode="after")
     def _check_batches(self) -> "Config":

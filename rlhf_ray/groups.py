@@ -20,7 +20,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rlhf_ray.batch import Batch, split_batch
 from rlhf_ray.config import Config, RoleResources
-from rlhf_ray.placement import check_feasible, cluster_nodes, create_placement_groups
+from rlhf_ray.layout import check_feasible
+from rlhf_ray.placement import cluster_nodes, create_placement_groups
 
 
 class RemoteCallError(RuntimeError):

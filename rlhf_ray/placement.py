@@ -1,95 +1,12 @@
-"""Where actors go: placement groups from the config, and a feasibility check before any actor starts.
-
-Roles listed together in ``placement.colocate`` share one placement group: rank i of each of them
-sits in bundle i, so e.g. the learner and the reference of rank i share a GPU. Every other role
-gets a placement group of its own. ``placement.strategy`` (PACK, SPREAD, ...) applies to each group.
-"""
+"""Where actors go: a placement group per planned group of roles (rlhf_ray.layout), on a running Ray."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import ray
-import yaml
 from ray.util.placement_group import placement_group
 
 from rlhf_ray.config import Config
-
-
-class InfeasibleLayout(ValueError):
-    pass
-
-
-@dataclass
-class GroupPlan:
-    roles: list[str]
-    bundles: list[dict[str, float]]  # one per rank, the sum of its roles' per-actor resources
-
-
-def active_roles(cfg: Config) -> list[str]:
-    """The roles an algorithm starts actors for: its row of rlhf_ray.algorithms."""
-    return list(cfg.spec.roles)
-
-
-def plan(cfg: Config, roles: list[str] | None = None) -> list[GroupPlan]:
-    roles = roles or active_roles(cfg)
-    plans, placed = [], set()
-    for group in cfg.placement.colocate:
-        members = [r for r in group if r in roles]
-        if not members:
-            continue
-        sizes = {getattr(cfg, r).num_actors for r in members}
-        if len(sizes) > 1:
-            raise InfeasibleLayout(
-                f"placement.colocate {group}: colocated roles need the same num_actors, got "
-                + ", ".join(f"{r}.num_actors={getattr(cfg, r).num_actors}" for r in members))
-        plans.append(GroupPlan(members, [_sum(cfg, members) for _ in range(sizes.pop())]))
-        placed.update(members)
-    for r in roles:
-        if r not in placed:
-            plans.append(GroupPlan([r], [_sum(cfg, [r]) for _ in range(getattr(cfg, r).num_actors)]))
-    return plans
-
-
-def _sum(cfg: Config, roles: list[str]) -> dict[str, float]:
-    return {"CPU": sum(getattr(cfg, r).num_cpus_per_actor for r in roles),
-            "GPU": sum(getattr(cfg, r).num_gpus_per_actor for r in roles)}
-
-
-def check_feasible(cfg: Config, nodes: list[dict[str, float]], roles: list[str] | None = None) -> None:
-    """Packs every bundle onto the nodes (first fit, largest first); raises with what is asked and
-    what is there when they do not fit. ``nodes`` are resource dicts, e.g. from ``cluster_nodes()``."""
-    plans = plan(cfg, roles)
-    free = [dict(n) for n in nodes]
-    strict_pack = cfg.placement.strategy == "STRICT_PACK"
-    items = [(p, [b]) for p in plans for b in p.bundles] if not strict_pack else [
-        (p, [_total(p.bundles)]) for p in plans]
-    items.sort(key=lambda it: (-it[1][0]["GPU"], -it[1][0]["CPU"]))
-    for p, (bundle,) in items:
-        node = next((n for n in free if all(n.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items())), None)
-        if node is None:
-            raise InfeasibleLayout(_explain(cfg, plans, nodes, p, bundle))
-        for k, v in bundle.items():
-            node[k] = node.get(k, 0.0) - v
-
-
-def _total(bundles: list[dict[str, float]]) -> dict[str, float]:
-    return {k: sum(b[k] for b in bundles) for k in ("CPU", "GPU")}
-
-
-def _explain(cfg, plans, nodes, failed: GroupPlan, bundle) -> str:
-    asked = "; ".join(
-        f"{'+'.join(p.roles)}: {len(p.bundles)} × ({p.bundles[0]['CPU']:g} CPU, {p.bundles[0]['GPU']:g} GPU)"
-        for p in plans)
-    total = _total([b for p in plans for b in p.bundles])
-    there = "; ".join(f"node {i}: {n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU" for i, n in enumerate(nodes)) or "no nodes"
-    return (f"the actor layout does not fit the cluster: a bundle of {'+'.join(failed.roles)} needing "
-            f"{bundle['CPU']:g} CPU and {bundle['GPU']:g} GPU has no node left to go to.\n"
-            f"  asked ({total['CPU']:g} CPU, {total['GPU']:g} GPU in all): {asked}\n"
-            f"  there: {there}\n"
-            f"  lower <role>.num_actors or <role>.num_gpus_per_actor / num_cpus_per_actor, colocate roles "
-            f"(placement.colocate), or add nodes")
+from rlhf_ray.layout import InfeasibleLayout, plan
 
 
 def cluster_nodes() -> list[dict[str, float]]:
@@ -112,54 +29,3 @@ def create_placement_groups(cfg: Config, roles: list[str] | None = None, timeout
         for r in p.roles:
             out[r] = pg
     return out
-
-
-def nodes_from_cluster_file(path: str) -> list[dict[str, float]]:
-    """The largest set of nodes a cluster file can bring up (Ray cluster launcher or KubeRay), as
-    resource dicts for ``check_feasible``; raises naming the file and the missing field."""
-    doc = yaml.safe_load(Path(path).read_text())
-    if not isinstance(doc, dict):
-        raise ValueError(f"{path}: not a YAML mapping")
-    if doc.get("kind") == "RayJob":
-        return _kuberay_nodes(_require(doc, "spec.rayClusterSpec", path), path)
-    if doc.get("kind") == "RayCluster":
-        return _kuberay_nodes(_require(doc, "spec", path), path)
-    types = _require(doc, "available_node_types", path)
-    head = _require(doc, "head_node_type", path)
-    for key in ("cluster_name", "provider", "max_workers"):
-        _require(doc, key, path)
-    if head not in types:
-        raise ValueError(f"{path}: head_node_type {head!r} is not one of available_node_types {sorted(types)}")
-    nodes = []
-    for name, t in types.items():
-        res = _require(t, "resources", f"{path} available_node_types.{name}")
-        count = 1 if name == head else int(t.get("max_workers", 0))
-        nodes += [{"CPU": float(res.get("CPU", 0)), "GPU": float(res.get("GPU", 0))} for _ in range(count)]
-    return nodes
-
-
-def _kuberay_nodes(spec: dict, path: str) -> list[dict[str, float]]:
-    head = _require(spec, "headGroupSpec", path)
-    nodes = [_pod_resources(head, f"{path} headGroupSpec")]
-    for i, group in enumerate(spec.get("workerGroupSpecs", [])):
-        count = int(group.get("maxReplicas", group.get("replicas", 1)))
-        nodes += [_pod_resources(group, f"{path} workerGroupSpecs[{i}]")] * count
-    return nodes
-
-
-def _pod_resources(group: dict, where: str) -> dict[str, float]:
-    params = group.get("rayStartParams", {})
-    container = _require(group, "template.spec.containers", where)[0]
-    limits = container.get("resources", {}).get("limits", {})
-    cpu = params.get("num-cpus", limits.get("cpu", 0))
-    gpu = params.get("num-gpus", limits.get("nvidia.com/gpu", 0))
-    return {"CPU": float(str(cpu).rstrip("m")) / (1000 if str(cpu).endswith("m") else 1), "GPU": float(gpu)}
-
-
-def _require(doc: dict, dotted: str, where: str):
-    node = doc
-    for key in dotted.split("."):
-        if not isinstance(node, dict) or key not in node:
-            raise ValueError(f"{where}: missing required field {dotted!r}")
-        node = node[key]
-    return node

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import sys
 from typing import Callable
 
 import torch
@@ -16,10 +18,14 @@ RewardFn = Callable[[list[str], list[str], list[str]], list[float]]
 
 
 def import_reward_function(path: str) -> RewardFn:
-    """'package.module:function' → the function; errors name the path and what is wrong."""
+    """'package.module:function' → the function; errors name the path and what is wrong. Modules are
+    found from the working directory too, as `python -m` finds them (the `rlhf-ray` script's own
+    sys.path starts at its bin/ folder instead)."""
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
         raise ValueError(f"reward.function={path!r} must look like 'package.module:function'")
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:

@@ -44,10 +44,28 @@ def local_ray():
 
 
 def tiny_overrides(policy: str, run_dir, *extra: str) -> list[str]:
-    """A PPO config small enough for seconds per step on 2 CPU cores."""
-    return [f"model.path={policy}", "model.max_prompt_tokens=64", "rollout.max_new_tokens=8",
+    """A PPO config small enough for seconds per step on 2 CPU cores (RAFT: its length is raft.rounds,
+    and trainer.total_steps, which it does not read, is an error there)."""
+    steps = [] if "algorithm=raft" in extra else ["trainer.total_steps=2"]
+    return [*steps, f"model.path={policy}", "model.max_prompt_tokens=64", "rollout.max_new_tokens=8",
             "task.n_train=64", "task.n_eval=8", "ppo.prompts_per_step_global=4", "ppo.samples_per_prompt=2",
             "ppo.minibatch_samples_global=8", "learner.micro_batch_samples_per_actor=4",
             "critic.micro_batch_samples_per_actor=4", "learner.lr=1e-3", "critic.lr=1e-3",
-            "trainer.total_steps=2", "trainer.eval_every=0", f"trainer.run_dir={run_dir}",
-            "logging.wandb_mode=disabled", "logging.progress_bar=false", "rollout.cpu_kv_cache_gib=1", *extra]
+            "trainer.eval_every=0", f"trainer.run_dir={run_dir}",
+            "logging.wandb_mode=disabled", "logging.progress_bar=false", "rollout.cpu_kv_cache_gib=1",
+            "ray.local_num_cpus=8", *extra]  # as many CPUs as the session's test Ray (local_ray) pretends
+
+
+def assert_fails_before_actors(cfg, exc, message: str):
+    """Building the run's controller fails with ``exc`` naming ``message``, and no Ray actor was started."""
+    import ray
+
+    from rlhf_ray.trainers import controller_for
+
+    before = len(ray.util.list_named_actors(all_namespaces=True)) if ray.is_initialized() else 0
+    with pytest.raises(exc) as e:
+        controller_for(cfg)
+    assert message in str(e.value), str(e.value)
+    after = len(ray.util.list_named_actors(all_namespaces=True)) if ray.is_initialized() else 0
+    assert after == before
+    return str(e.value)

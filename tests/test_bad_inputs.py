@@ -11,6 +11,7 @@ import json
 
 import pytest
 
+from conftest import assert_fails_before_actors as _assert_fails_before_actors
 from conftest import tiny_overrides
 from rlhf_ray.config import ConfigError, load_config
 
@@ -21,6 +22,10 @@ def bad_reward_count(prompts, responses, answers):  # used by import path below
 
 def bad_reward_nan(prompts, responses, answers):
     return [float("nan")] * len(responses)
+
+
+def reward_two_arguments(prompts, responses):
+    return [0.0] * len(responses)
 
 
 # ------------------------------------------------------------------ config (no controller needed)
@@ -46,6 +51,12 @@ CONFIG_CASES = [
     ("tensor parallel wider than the GPUs of an engine", ["rollout.tensor_parallel_size=2"],
      "rollout.tensor_parallel_size=2 shards each engine over 2 GPUs: set rollout.num_gpus_per_actor=2"),
     ("http reward without a url", ["reward.kind=http"], "reward.kind=http needs reward.url"),
+    ("a key the algorithm's loop does not read", ["algorithm=dpo", "offline.train_file=x.jsonl", "trainer.total_steps=4"],
+     "trainer.total_steps is not read by algorithm=dpo (offline loop): set offline.max_steps instead"),
+    ("RAFT's length is its rounds", ["algorithm=raft", "trainer.total_steps=4"],
+     "trainer.total_steps is not read by algorithm=raft (raft loop): set raft.rounds instead"),
+    ("overwrite with resume", ["trainer.overwrite=true", "trainer.resume=auto"],
+     "trainer.overwrite=true starts afresh: it cannot go with trainer.resume=auto"),
 ]
 
 
@@ -68,19 +79,6 @@ def test_config_file_missing_or_broken(tmp_path):
 
 
 # ------------------------------------------------------------------ through the PPO controller
-def _assert_fails_before_actors(cfg, exc, message):
-    import ray
-
-    from rlhf_ray.trainers.ppo import PPOTrainer
-
-    before = len(ray.util.list_named_actors(all_namespaces=True)) if ray.is_initialized() else 0
-    with pytest.raises(exc) as e:
-        PPOTrainer.from_config(cfg)
-    assert message in str(e.value), str(e.value)
-    after = len(ray.util.list_named_actors(all_namespaces=True)) if ray.is_initialized() else 0
-    assert after == before
-
-
 def test_missing_model_folder(tiny_policy, tmp_path):
     cfg = load_config(overrides=tiny_overrides(str(tmp_path / "no_model"), tmp_path / "run"))
     _assert_fails_before_actors(cfg, FileNotFoundError, f"folder not found: '{tmp_path / 'no_model'}'")
@@ -143,7 +141,7 @@ def test_prompt_file_problems(tiny_policy, tmp_path):
 
 
 def test_layout_the_cluster_cannot_hold(local_ray, tiny_policy, tmp_path):
-    from rlhf_ray.placement import InfeasibleLayout
+    from rlhf_ray.layout import InfeasibleLayout
 
     cfg = load_config(overrides=tiny_overrides(tiny_policy, tmp_path / "run", "rollout.num_gpus_per_actor=64"))
     _assert_fails_before_actors(cfg, InfeasibleLayout, "does not fit the cluster")
@@ -165,3 +163,65 @@ def test_resume_from_something_that_is_not_a_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="trainer.resume=.*not a complete checkpoint"):
         resolve_resume(str(tmp_path), tmp_path)
     assert resolve_resume("auto", tmp_path) is None and resolve_resume("none", tmp_path) is None
+
+
+# ------------------------------------------------------------------ the preflight: caught before any actor
+def test_weights_that_cannot_be_read(tiny_policy, tmp_path):
+    import shutil
+
+    m = tmp_path / "m"
+    shutil.copytree(tiny_policy, m)
+    weights = m / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a download cut short
+    cfg = load_config(overrides=tiny_overrides(str(m), tmp_path / "run"))
+    _assert_fails_before_actors(cfg, ValueError, f"{weights}: header length")
+    weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
+    _assert_fails_before_actors(cfg, ValueError, "header is not valid JSON")
+
+
+def test_reward_function_with_the_wrong_signature(tiny_policy, tmp_path):
+    cfg = load_config(overrides=tiny_overrides(tiny_policy, tmp_path / "run",
+                                               "reward.function=test_bad_inputs:reward_two_arguments"))
+    _assert_fails_before_actors(cfg, ValueError, "reward.function='test_bad_inputs:reward_two_arguments': a call "
+                                "with one row f(prompts=[...], responses=[''], answers=[...]) raised TypeError")
+    cfg = load_config(overrides=tiny_overrides(tiny_policy, tmp_path / "run",
+                                               "reward.function=test_bad_inputs:bad_reward_nan"))
+    _assert_fails_before_actors(cfg, ValueError, "returned non-finite scores at samples [0]")
+
+
+def test_reward_token_variable_missing(tiny_policy, tmp_path, monkeypatch):
+    monkeypatch.delenv("RLHF_RAY_TEST_TOKEN", raising=False)
+    cfg = load_config(overrides=tiny_overrides(tiny_policy, tmp_path / "run", "reward.kind=http",
+                                               "reward.url=http://127.0.0.1:9/score", "reward.token_env=RLHF_RAY_TEST_TOKEN"))
+    _assert_fails_before_actors(cfg, ValueError, "reward.token_env='RLHF_RAY_TEST_TOKEN': environment variable "
+                                "RLHF_RAY_TEST_TOKEN is not set (or empty) on this machine")
+
+
+def test_more_cpus_than_the_machine_has(tiny_policy, tmp_path):
+    import os
+
+    cfg = load_config(overrides=tiny_overrides(tiny_policy, tmp_path / "run", "ray.local_num_cpus=null",
+                                               f"learner.num_cpus_per_actor={os.cpu_count() + 1}"))
+    msg = _assert_fails_before_actors(cfg, ValueError, "the actor layout does not fit the cluster")
+    assert f"node 0: {os.cpu_count()} CPU" in msg
+
+
+def test_run_directory_that_cannot_be_written(tiny_policy):
+    from rlhf_ray.rundir import RunDirError
+
+    cfg = load_config(overrides=tiny_overrides(tiny_policy, "/sys/rlhf_ray_run"))
+    _assert_fails_before_actors(cfg, RunDirError, "trainer.run_dir=/sys/rlhf_ray_run: cannot write in /sys")
+
+
+def test_prompt_file_that_is_not_utf8(tiny_policy, tmp_path):
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(json.dumps({"prompt": "1+1?"}).encode() + b"\n" + '{"prompt": "caf\u00e9"}'.encode("latin-1") + b"\n")
+    cfg = load_config(overrides=tiny_overrides(tiny_policy, tmp_path / "run", "task.name=jsonl",
+                                               f"task.train_file={bad}"))
+    _assert_fails_before_actors(cfg, ValueError, "latin1.jsonl line 2: not UTF-8 (byte 0xe9")
+
+
+def test_settings_the_algorithm_does_not_read_are_named():
+    cfg = load_config(overrides=["algorithm=grpo", "critic.lr=1e-5", "critic.num_actors=2"])
+    assert cfg.unused_settings() == ["critic.lr, num_actors: algorithm=grpo starts no critic"]
+    assert load_config(overrides=["algorithm=grpo", "critic.lr=5e-6"]).unused_settings() == []  # its default

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rlhf_ray.config import load_config
-from rlhf_ray.placement import check_feasible, nodes_from_cluster_file
+from rlhf_ray.layout import check_feasible, nodes_from_cluster_file
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_FILES = sorted((ROOT / "cluster_configs").glob("*.yaml"))

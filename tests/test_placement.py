@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 from rlhf_ray.config import load_config
-from rlhf_ray.placement import InfeasibleLayout, check_feasible, plan
+from rlhf_ray.layout import InfeasibleLayout, check_feasible, plan
 
 NODE_8GPU = {"CPU": 64, "GPU": 8}
 
 
 def _cfg(*overrides):
-    return load_config(overrides=["ppo.minibatch_samples_global=16", *overrides])
+    half_cpu = [f"{r}.num_cpus_per_actor=0.5" for r in ("rollout", "learner", "critic", "reference", "reward")]
+    return load_config(overrides=["ppo.minibatch_samples_global=16", *half_cpu, *overrides])
 
 
 def test_plan_colocates_rank_by_rank():

@@ -63,8 +63,13 @@ def _read_jsonl(path: Path, source: str) -> Table:
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     rows, numbers = [], []
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
+        with opener(path, "rb") as f:
+            for n, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{source} line {n}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                                    "re-save the file as UTF-8") from None
                 if not line.strip():
                     continue  # blank lines (a trailing newline) are not rows; numbering still counts them
                 try:

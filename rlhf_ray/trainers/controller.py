@@ -1,6 +1,7 @@
 """The controller base: what every algorithm's loop shares, written once.
 
-    inputs (rlhf_ray.trainers.inputs) → Ray, placement groups, actors, models → fit:
+    inputs (rlhf_ray.trainers.inputs) → preflight (rlhf_ray.preflight) → run directory claimed
+    (rlhf_ray.rundir) → Ray, placement groups, actors, models → fit:
         resume or evaluate step 0 → for each step: step() → NaN/Inf guard → evaluate on cadence
         → log → checkpoint on cadence;  a lost learner/critic rank → back to the last checkpoint
     → summary.json, report → actors and placement groups gone however the loop ended
@@ -18,16 +19,18 @@ from pathlib import Path
 import ray
 from tqdm import tqdm
 
-from rlhf_ray.checkpoint import CheckpointManager, read_controller_state, resolve_resume, rng_state, set_rng_state
+from rlhf_ray.checkpoint import CheckpointManager, read_controller_state, rng_state, set_rng_state
 from rlhf_ray.config import save_config
 from rlhf_ray.groups import WorkerGroup, shutdown_groups, start_groups
 from rlhf_ray.report import write_report
 from rlhf_ray.roles import Critic, PolicyLearner, Reference, Reward, Rollout
 from rlhf_ray.roles.ds_worker import DeepSpeedWorker
+from rlhf_ray.preflight import preflight
 from rlhf_ray.roles.reward_trainer import RewardTrainer
+from rlhf_ray.rundir import claim_run_dir
 from rlhf_ray.tracking import Tracker
 from rlhf_ray.trainers.inputs import RunInputs
-from rlhf_ray.trainers.session import init_ray, make_run_dir, run_id
+from rlhf_ray.trainers.session import init_ray, run_id
 
 ROLE_CLASSES = {"rollout": Rollout, "learner": PolicyLearner, "critic": Critic, "reference": Reference, "reward": Reward}
 FINITE_CHECKED = ("reward", "kl", "learner", "critic", "advantages", "returns")  # metric prefixes a NaN must not pass
@@ -51,7 +54,11 @@ class Controller:
         self.inputs, self.cfg = inputs, inputs.cfg
         self.spec, self.tokenizer, self.sampler = self.cfg.spec, inputs.tokenizer, inputs.sampler
         self.roles = roles or self.spec.roles  # a command (best-of-n) may start fewer than its algorithm
-        self.run_dir = make_run_dir(self.cfg)
+        # Every input checked while nothing is started yet; trainer.resume resolved once, here.
+        self.checked = preflight(self.cfg, inputs.model_paths, inputs.sample_row(), self.roles)
+        self.run_dir = Path(self.cfg.trainer.run_dir)
+        # The run directory's run id (run.json), kept across resumes: the checkpoints this run may prune carry it.
+        self.lineage = claim_run_dir(self.cfg, self.checked.resume_from)
         self.version = 0  # of the weights the rollout engines serve (the step that produced them)
         self.restarts = 0
         self.last_checkpoint: str | None = None
@@ -164,13 +171,13 @@ class Controller:
     # ------------------------------------------------------------------ checkpoints
     def controller_state(self, step: int, history: dict) -> dict:
         return {"step": step, "version": self.version, "sampler": self.sampler.state_dict(), "rng": rng_state(),
-                "eval": history, **self.extra_state()}
+                "eval": history, "models": self.checked.models, **self.extra_state()}
 
     def save_checkpoint(self, step: int, history: dict[int, dict[str, float]]) -> str:
         """Every trainable group saves its ranks' states (and the trained role an HF export) into a
         temporary folder, the controller adds its own state, and the folder is renamed only when
         whole (rlhf_ray.checkpoint). The held-out metrics so far go along for the summary."""
-        manager = CheckpointManager(self.run_dir, self.cfg.trainer.keep_last)
+        manager = CheckpointManager(self.run_dir, self.cfg.trainer.keep_last, self.lineage)
         tmp = manager.begin(step)
         refs = [(self.groups[r], self.groups[r].call(DeepSpeedWorker.save_state, str(tmp / r))) for r in self.trainable]
         if self.cfg.trainer.save_hf:
@@ -187,8 +194,9 @@ class Controller:
         return "policy_hf" if self.spec.trained_role == "learner" else f"{self.spec.trained_role}_hf"
 
     def resume(self) -> tuple[int, dict[int, dict[str, float]]]:
-        """(step to continue after, held-out metrics so far): (0, {}) for a fresh run."""
-        path = resolve_resume(self.cfg.trainer.resume, self.run_dir)
+        """(step to continue after, held-out metrics so far): (0, {}) for a fresh run. The preflight
+        resolved trainer.resume and checked the checkpoint fits."""
+        path = self.checked.resume_from
         if path is None:
             return 0, {}
         state = self.restore_checkpoint(path)

@@ -51,6 +51,10 @@ class RunInputs:
         """The folder of the trained role's starting weights (its tokenizer goes with its exports)."""
         return self.model_paths[self.cfg.spec.trained_role]
 
+    def sample_row(self) -> dict | None:
+        """One training row {"prompt", "answer"} (the preflight calls the reward function with it)."""
+        return None
+
 
 @dataclass
 class PromptInputs(RunInputs):
@@ -65,6 +69,9 @@ class PromptInputs(RunInputs):
         tokenizer = load_tokenizer(paths[cfg.spec.trained_role])
         train_set, eval_set = load_task(cfg, tokenizer)
         return cls(cfg, paths, tokenizer, PromptSampler(len(train_set.ids), cfg.trainer.seed), train_set, eval_set)
+
+    def sample_row(self) -> dict | None:
+        return self.train_set.rows[0]
 
     def sample_rows(self, prompts: int, samples_per_prompt: int) -> list[int]:
         """Training-set row of every sample of the next ``prompts`` prompts, grouped per prompt."""
