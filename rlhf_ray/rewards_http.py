@@ -5,24 +5,40 @@ lists of strings) and get back {"scores": [...]}, one finite number per sample, 
 bearer token goes in the Authorization header; it is read from an environment variable so that it
 never sits in a config file, a run directory or a log line.
 
+Both ends assume the other may be broken or hostile. The client gives each request one deadline for
+the whole exchange (connect, send, wait, read), reads at most ``max_response_bytes`` of an answer, and
+checks every score. The server reads a body only with a Content-Length no larger than
+``max_body_bytes``, cuts off a connection that stalls (``socket_timeout_s``) or trickles
+(``request_timeout_s`` for the whole request), serves at most ``max_connections`` connections at once
+(503 to the next), and answers every refusal with a JSON ``{"error": ...}``.
+
 Standard library only: the server must run where nothing but Python is installed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import http.client
 import json
+import math
 import os
+import socket
+import threading
 import time
-import urllib.error
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
-from rlhf_ray.reward_functions import check_scores, import_reward_function
+from rlhf_ray.reward_functions import RewardFn, check_scores, import_reward_function
 
 FIELDS = ("prompts", "responses", "answers")
+PATHS = ("/", "/score")  # where the reference server takes a POST
 MAX_BODY_BYTES = 64 * 2**20  # a body this big is a bug upstream, not a batch worth reading into memory
+MAX_RESPONSE_BYTES = 16 * 2**20  # scores are ~20 bytes a sample: an answer this big is not one
+SOCKET_TIMEOUT_S = 10.0  # server: a connection silent this long (mid-request or not reading the answer) is closed
+REQUEST_TIMEOUT_S = 60.0  # server: the whole request (line, headers, body) must have arrived by then
+MAX_CONNECTIONS = 64  # server: connections served at once; the next one is answered 503 (which clients retry)
+ERROR_SNIPPET_BYTES = 4096  # client: how much of an error answer is read, to quote in the error
 
 
 class RewardServiceError(RuntimeError):
@@ -30,12 +46,22 @@ class RewardServiceError(RuntimeError):
 
 
 class HttpRewardClient:
-    """Scores samples by POSTing them to ``url``; retries transient failures with exponential backoff."""
+    """Scores samples by POSTing them to ``url``; retries transient failures with exponential backoff.
+
+    ``timeout_s`` bounds one whole attempt (connect, send, the service's work, reading the answer), so a
+    service that trickles its answer a byte at a time times out like one that says nothing. An answer
+    over ``max_response_bytes`` is refused without being read to the end."""
 
     def __init__(self, url: str, token: str | None = None, timeout_s: float = 30.0, max_retries: int = 3,
-                 backoff_s: float = 1.0, batch_size: int = 0, token_env: str | None = None):
+                 backoff_s: float = 1.0, batch_size: int = 0, token_env: str | None = None,
+                 max_response_bytes: int = MAX_RESPONSE_BYTES):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"reward service url {url!r} must be an http:// or https:// address with a host")
         self.url, self.timeout_s, self.max_retries = url, timeout_s, max_retries
         self.backoff_s, self.batch_size, self.token_env = backoff_s, batch_size, token_env
+        self.max_response_bytes = max_response_bytes
+        self._parts = parts
         self._headers = {"Content-Type": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
@@ -70,23 +96,92 @@ class HttpRewardClient:
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
             self.attempts += 1
-            request = urllib.request.Request(self.url, data=data, headers=self._headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    raw = response.read()
-            except urllib.error.HTTPError as e:  # before OSError: HTTPError is one
-                last = f"HTTP {e.code}: {_snippet(e.read())}"
-                if e.code in (401, 403):
-                    raise RewardServiceError(f"reward service {self.url}: {self._token_problem()} ({last})") from None
-                if e.code != 429 and e.code < 500:  # the same request would be refused again
-                    raise RewardServiceError(f"reward service {self.url} refused the request: {last}") from None
+                status, raw = self._exchange(data)
             except (OSError, http.client.HTTPException) as e:  # refused, reset, DNS, timeouts (TimeoutError ⊂ OSError)
                 last = f"{type(e).__name__}: {e}"
-            else:
+                continue
+            if 200 <= status < 300:
                 return self._parse(raw, len(body["responses"]))
+            last = f"HTTP {status}: {_snippet(raw)}"
+            if status in (401, 403):
+                raise RewardServiceError(f"reward service {self.url}: {self._token_problem()} ({last})")
+            if status == 413:
+                raise RewardServiceError(f"reward service {self.url} refused a request of {len(data)} bytes as too "
+                                         f"large ({last}); a smaller reward.batch_size sends fewer samples per request")
+            if status != 429 and status < 500:  # the same request would be refused again
+                raise RewardServiceError(f"reward service {self.url} refused the request: {last}")
         raise RewardServiceError(f"reward service {self.url}: no answer after {self.max_retries + 1} attempts "
                                  f"(reward.max_retries={self.max_retries}, reward.timeout_s={self.timeout_s:g}); "
                                  f"last: {last}")
+
+    def _exchange(self, data: bytes) -> tuple[int, bytes]:
+        """One POST → (status, body), all of it within timeout_s; the body of an error status is cut short.
+
+        Each socket operation waits at most timeout_s, and a watchdog shuts the socket when the whole
+        attempt has taken timeout_s, which wakes whatever read or write is still waiting."""
+        p = self._parts
+        conn_class = http.client.HTTPSConnection if p.scheme == "https" else http.client.HTTPConnection
+        conn = conn_class(p.hostname, p.port, timeout=self.timeout_s)
+        expired, connected = threading.Event(), []
+
+        def cut_off():
+            expired.set()
+            sock = conn.sock or (connected[0] if connected else None)  # conn forgets it once a response has it
+            if sock is not None:
+                with contextlib.suppress(OSError):  # socket.socket's own shutdown, under an SSL socket's too
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+        watchdog = threading.Timer(self.timeout_s, cut_off)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            conn.connect()  # a TLS handshake included
+            connected.append(conn.sock)
+            try:
+                conn.request("POST", (p.path or "/") + (f"?{p.query}" if p.query else ""), body=data,
+                             headers=self._headers)
+            except OSError as send_error:  # a server may answer early (413, 401) and stop reading: read that answer
+                try:
+                    response = conn.getresponse()
+                except (OSError, http.client.HTTPException):
+                    raise send_error from None
+            else:
+                response = conn.getresponse()
+            ok = 200 <= response.status < 300
+            raw = self._read_bounded(response, self.max_response_bytes if ok else ERROR_SNIPPET_BYTES, strict=ok)
+            if expired.is_set():  # the watchdog's shutdown reads as an end of stream, not as an error
+                raise TimeoutError
+            if ok and response.length:  # closed before the Content-Length it announced
+                raise http.client.IncompleteRead(raw, response.length)
+            return response.status, raw
+        except (OSError, http.client.HTTPException):
+            if expired.is_set():
+                raise TimeoutError(f"timed out: no complete answer within {self.timeout_s:g} s") from None
+            raise
+        finally:
+            watchdog.cancel()
+            conn.close()
+
+    def _read_bounded(self, response: http.client.HTTPResponse, limit: int, strict: bool) -> bytes:
+        """At most ``limit`` bytes of the body; with ``strict``, a longer body is an error (and is not read)."""
+        declared = response.getheader("Content-Length", "")
+        if strict and declared.isascii() and declared.isdigit() and int(declared) > limit:
+            raise ValueError(self._too_big(f"announced {int(declared)} bytes"))
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = response.read(min(65536, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit and strict:
+            raise ValueError(self._too_big(f"sent more than {limit} bytes"))
+        return b"".join(chunks)[:limit]
+
+    def _too_big(self, what: str) -> str:
+        return (f"reward service {self.url} {what}, over the client's limit of {self.max_response_bytes} bytes "
+                f"(max_response_bytes): not a scores answer")
 
     def _token_problem(self) -> str:
         if "Authorization" not in self._headers:
@@ -97,17 +192,31 @@ class HttpRewardClient:
     def _parse(self, raw: bytes, n: int) -> list[float]:
         try:
             answer = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested ten thousand deep
             raise ValueError(f"reward service {self.url} answered with something that is not JSON: {_snippet(raw)}") from None
         scores = answer.get("scores") if isinstance(answer, dict) else None
         if not isinstance(scores, list):
             raise ValueError(f"reward service {self.url} must answer a JSON object with a 'scores' list; "
                              f"got {_snippet(raw)}")
-        bad = [i for i, s in enumerate(scores) if isinstance(s, bool) or not isinstance(s, (int, float))]
-        if bad:
-            raise ValueError(f"reward service {self.url} returned scores that are not numbers at samples {bad[:10]}")
-        check_scores(scores, n, f"reward service {self.url}")  # one finite number per sample
-        return [float(s) for s in scores]
+        return _checked_scores(scores, n, f"reward service {self.url}")
+
+
+def _checked_scores(values, n: int, source: str) -> list[float]:
+    """One finite number per sample as floats, or a ValueError naming ``source`` and the samples."""
+    out, bad = [], []
+    for i, s in enumerate(values):
+        try:
+            if isinstance(s, (bool, str, bytes)):  # float() would take "1.5" and True
+                raise TypeError
+            out.append(float(s))
+        except OverflowError:  # an integer too big for a float: non-finite, flagged below
+            out.append(math.inf)
+        except (TypeError, ValueError):
+            bad.append(i)
+    if bad:
+        raise ValueError(f"{source} returned scores that are not numbers at samples {bad[:10]}")
+    check_scores(out, n, source)  # the count, and finite (as the float32 the reward actor keeps)
+    return out
 
 
 def _snippet(raw: bytes, limit: int = 300) -> str:
@@ -115,58 +224,200 @@ def _snippet(raw: bytes, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _read_request(handler: BaseHTTPRequestHandler) -> dict:
-    """The request body as {field: list of strings}, or a ValueError saying what is wrong with it."""
+class _Refusal(Exception):
+    """A request the server will not score: the HTTP status and the message for {"error": ...}."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _read_request(handler, max_body_bytes: int = MAX_BODY_BYTES) -> dict:
+    """The request body as {field: list of strings}, or a _Refusal saying what is wrong with it.
+
+    The body is read only once its Content-Length is known to be within ``max_body_bytes``."""
+    limit = f"send a Content-Length header and a body of at most {max_body_bytes} bytes"
+    if handler.headers.get("Transfer-Encoding") is not None:
+        raise _Refusal(411, f"Transfer-Encoding {handler.headers['Transfer-Encoding']!r} is not accepted: {limit}")
+    lengths = handler.headers.get_all("Content-Length") or []
+    if not lengths:
+        raise _Refusal(411, f"the request has no Content-Length header: {limit}")
+    declared = lengths[0].strip()
+    if len(lengths) > 1 or not (declared.isascii() and declared.isdigit()):  # int() would take "+5", " 5", "5_0"
+        raise _Refusal(400, f"Content-Length {', '.join(lengths)[:100]!r} is not one byte count: {limit}")
+    length = int(declared)
+    if length > max_body_bytes:
+        raise _Refusal(413, f"a body of {length} bytes is over the limit of {max_body_bytes} bytes "
+                            f"(max_body_bytes): send fewer samples per request")
     try:
-        length = int(handler.headers.get("Content-Length", ""))
-    except ValueError:
-        raise ValueError("the request needs a Content-Length header") from None
-    if not 0 <= length <= MAX_BODY_BYTES:
-        raise ValueError(f"Content-Length {length} is outside 0..{MAX_BODY_BYTES}")
+        data = handler.rfile.read(length)
+    except TimeoutError:
+        data = None
+    except OSError as e:  # reset: the client has gone, and the refusal will reach nobody
+        raise _Refusal(400, f"the connection broke while the body was read ({type(e).__name__})") from None
+    if data is None or handler.cut_off.is_set():
+        raise _Refusal(408, f"the body did not arrive in time: {length} bytes announced, and a request must arrive "
+                            f"within {handler.request_timeout_s:g} s with no pause over {handler.timeout:g} s")
+    if len(data) < length:
+        raise _Refusal(400, f"the body ended after {len(data)} of the {length} bytes its Content-Length announced")
     try:
-        body = json.loads(handler.rfile.read(length))
-    except ValueError as e:
-        raise ValueError(f"the body is not JSON ({e})") from None
+        body = json.loads(data)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError; RecursionError: [[[[...
+        raise _Refusal(400, f"the body is not JSON ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(body, dict):
-        raise ValueError(f"the body must be a JSON object with the lists {list(FIELDS)}")
+        raise _Refusal(400, f"the body must be a JSON object with the lists {list(FIELDS)}")
     for key in FIELDS:
         if not isinstance(body.get(key), list) or not all(isinstance(x, str) for x in body[key]):
-            raise ValueError(f"'{key}' must be a list of strings")
+            raise _Refusal(400, f"'{key}' must be a list of strings")
     if len({len(body[k]) for k in FIELDS}) != 1:
-        raise ValueError("'prompts', 'responses' and 'answers' must have the same length: "
-                         + ", ".join(f"{len(body[k])} {k}" for k in FIELDS))
+        raise _Refusal(400, "'prompts', 'responses' and 'answers' must have the same length: "
+                            + ", ".join(f"{len(body[k])} {k}" for k in FIELDS))
     return body
 
 
-def serve_reward_function(function_path: str, host: str = "127.0.0.1", port: int = 0,
-                          token: str | None = None) -> ThreadingHTTPServer:
-    """A server (not yet serving: call ``serve_forever``) scoring with a rule reward 'module:function'.
+class RewardServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer serving at most ``max_connections`` connections at once: the next one gets a
+    503 at once (clients retry it), so slow or idle clients cannot pile up threads without bound."""
 
-    Loopback by default: a reward service is reachable from other machines only when asked for."""
-    fn = import_reward_function(function_path)
+    daemon_threads = True
+
+    def __init__(self, address, handler, max_connections: int = MAX_CONNECTIONS):
+        if max_connections < 1:
+            raise ValueError(f"max_connections={max_connections} must be at least 1")
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            return self._refuse_busy(request)
+        try:
+            super().process_request(request, client_address)  # the slot goes back when its thread ends
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse_busy(self, request) -> None:
+        """503 without reading anything, and without ever blocking the accept loop."""
+        data = json.dumps({"error": f"busy: {self.max_connections} connections are being served "
+                                    f"(max_connections); retry later"}).encode()
+        head = (f"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                f"Retry-After: 1\r\nConnection: close\r\n\r\n").encode()
+        with contextlib.suppress(OSError):
+            request.setblocking(False)
+            request.send(head + data)
+        self.shutdown_request(request)
+
+
+def serve_reward_function(function_path: str | RewardFn, host: str = "127.0.0.1", port: int = 0,
+                          token: str | None = None, *, max_body_bytes: int = MAX_BODY_BYTES,
+                          socket_timeout_s: float = SOCKET_TIMEOUT_S, request_timeout_s: float = REQUEST_TIMEOUT_S,
+                          max_connections: int = MAX_CONNECTIONS) -> RewardServer:
+    """A server (not yet serving: call ``serve_forever``) scoring with a rule reward 'module:function'
+    (or the function itself).
+
+    Loopback by default: a reward service is reachable from other machines only when asked for.
+    ``max_body_bytes``: larger requests get 413 unread. ``socket_timeout_s``: a connection that sends or
+    reads nothing for that long is closed. ``request_timeout_s``: the request line, headers and body
+    must all have arrived within that (408 or a closed connection otherwise); the function's own time is
+    not counted. ``max_connections``: connections served at once, 503 for the next."""
+    if callable(function_path):
+        fn, name = function_path, getattr(function_path, "__qualname__", repr(function_path))
+    else:
+        fn, name = import_reward_function(function_path), function_path
+    if max_body_bytes < 0 or socket_timeout_s <= 0 or request_timeout_s <= 0:
+        raise ValueError(f"max_body_bytes={max_body_bytes} must be >= 0, socket_timeout_s={socket_timeout_s} "
+                         f"and request_timeout_s={request_timeout_s} > 0")
     expected = f"Bearer {token}".encode() if token else None
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = socket_timeout_s  # StreamRequestHandler puts it on the connection: every recv and send
+        default_request_version = "HTTP/1.0"  # a garbage request line gets a status line, not a bare HTTP/0.9 body
+
+        def setup(self):
+            super().setup()
+            self.request_timeout_s = request_timeout_s
+            self.cut_off = threading.Event()
+            # One deadline for the whole request: a client trickling a byte at a time never trips the
+            # per-recv timeout. Shutting the read side wakes the blocked recv with an end of stream.
+            self._watchdog = threading.Timer(request_timeout_s, self._cut_off)
+            self._watchdog.daemon = True
+            self._watchdog.start()
+
+        def _cut_off(self):
+            self.cut_off.set()
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RD)
+
+        def parse_request(self) -> bool:
+            if not super().parse_request():
+                return False
+            if self.cut_off.is_set():  # the headers stopped at the deadline, not at their blank line
+                self.send_error(408)
+                return False
+            return True
+
+        def finish(self):
+            self._watchdog.cancel()
+            with contextlib.suppress(OSError):  # a client that went away
+                super().finish()
+
         def do_POST(self):
+            path = urlsplit(self.path).path
+            if path not in PATHS:
+                return self._send(404, {"error": f"no such path {path[:100]!r}: POST to one of {list(PATHS)}"})
             # compare_digest: the time taken must not tell how much of a guessed token was right
             if expected and not hmac.compare_digest(self.headers.get("Authorization", "").encode(), expected):
                 return self._send(401, {"error": "missing or wrong bearer token"})
             try:
-                body = _read_request(self)
-            except ValueError as e:
-                return self._send(400, {"error": f"malformed request: {e}"})
+                body = _read_request(self, max_body_bytes)
+            except _Refusal as e:
+                return self._send(e.status, {"error": ("malformed request: " if e.status == 400 else "") + e.message})
+            finally:
+                self._watchdog.cancel()  # the request is in (or refused): the function's time is not counted
+            n = len(body["responses"])
             try:
-                scores = [float(s) for s in fn(body["prompts"], body["responses"], body["answers"])]
+                raw_scores = fn(body["prompts"], body["responses"], body["answers"])
             except Exception as e:  # the function's own failure: 500, and the client retries it
-                return self._send(500, {"error": f"reward function {function_path} failed: {type(e).__name__}: {e}"})
+                return self._send(500, {"error": f"reward function {name} failed: {type(e).__name__}: {e}"})
+            try:
+                scores = _checked_scores(raw_scores, n, f"reward function {name}")
+            except ValueError as e:  # never sent as scores: 500, as a failure of the function
+                return self._send(500, {"error": str(e)})
+            except TypeError:  # not iterable
+                return self._send(500, {"error": f"reward function {name} returned {type(raw_scores).__name__}, "
+                                                 f"not a list of scores"})
             self._send(200, {"scores": scores})
 
-        def _send(self, code: int, payload: dict) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+        def _not_allowed(self):
+            self._send(405, {"error": f"method {self.command} not allowed: POST a JSON body to one of {list(PATHS)}"},
+                       {"Allow": "POST"})
 
-    return ThreadingHTTPServer((host, port), Handler)
+        do_GET = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _not_allowed
+
+        def send_error(self, code, message=None, explain=None):
+            """The standard library's own refusals (bad request line, header too long, unknown method) in JSON."""
+            if self.cut_off.is_set():
+                code, message, explain = 408, f"the request did not arrive within {request_timeout_s:g} s", None
+            text = message or self.responses.get(code, ("error",))[0]
+            self._send(int(code), {"error": f"{text}: {explain}" if explain else text})
+
+        def _send(self, code: int, payload: dict, headers: dict | None = None) -> None:
+            if code >= 400:  # one request a connection; an unread body is not worth reading
+                self.close_connection = True
+            data = json.dumps(payload, allow_nan=False).encode()
+            with contextlib.suppress(OSError):  # the client has gone (or stopped reading): nothing to tell it
+                self.send_response(code)
+                for key, value in {"Content-Type": "application/json", "Content-Length": str(len(data)),
+                                   **(headers or {})}.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+    return RewardServer((host, port), Handler, max_connections)
