@@ -3,14 +3,14 @@
 Configuration never goes through argparse flags: a YAML file plus `a.b=c` overrides, checked by the
 one schema in rlhf_ray.config.
 
-The commands that load torch or Ray (train, best-of-n, serve-reward) import their modules when they run:
-Ray must not load before rlhf_ray.jobs.client has set RAY_AUTH_MODE, and no command should wait
-seconds for torch just to parse its arguments.
+The commands that load torch or Ray (train, best-of-n, serve-reward, and the job commands' client)
+import their modules when they run: no command should wait seconds for them just to parse its arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -63,12 +63,22 @@ def cmd_prepare_model(args) -> int:
     return 0
 
 
+ADDRESS_HELP = ("dashboard address (default $RAY_ADDRESS or http://127.0.0.1:8265); the cluster's token comes from "
+                "$RAY_AUTH_TOKEN, else the file $RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token")
+
+
 def cmd_submit(args) -> int:
+    from rlhf_ray.preflight import preflight_submit
+
     path, overrides = _split_config_args(args.config)
     env = dict(item.split("=", 1) for item in args.env)
+    cfg = load_config(path, overrides)
+    with contextlib.chdir(args.working_dir):  # data files and reward modules as the job will find them
+        preflight_submit(cfg)
     job_id = jobs.submit(path, overrides, args.address, args.working_dir, args.requirements, env, args.job_id)
-    address = args.address or jobs.client().get_address()
-    print(f"submitted job {job_id}\ndashboard: {address}/#/jobs/{job_id}\n"
+    address = jobs.dashboard_address(args.address)
+    login = " (it asks for the cluster's token once: docs/security.md)" if jobs.auth_mode(address) == "token" else ""
+    print(f"submitted job {job_id}\ndashboard: {address}/#/jobs/{job_id}{login}\n"
           f"logs: rlhf-ray jobs logs {job_id}    stop: rlhf-ray jobs stop {job_id}")
     if args.follow:
         status = jobs.follow(job_id, args.address)
@@ -85,9 +95,9 @@ def cmd_jobs(args) -> int:
         if args.follow:
             print(f"job {args.job_id} {jobs.follow(args.job_id, args.address)}")
         else:
-            print(jobs.client(args.address).get_job_logs(args.job_id), end="")
+            print(jobs.logs(args.job_id, args.address), end="")
     elif args.action == "status":
-        print(jobs.client(args.address).get_job_status(args.job_id).value)
+        print(jobs.status(args.job_id, args.address))
     elif args.action == "stop":
         print("stopped" if jobs.stop(args.job_id, args.address) else "not running")
     return 0
@@ -108,7 +118,7 @@ def cmd_config_doc(args) -> int:
 
 
 def cmd_serve_reward(args) -> int:
-    from rlhf_ray.rewards_http import serve_reward_function
+    from rlhf_ray.reward_server import serve_reward_function
 
     token = None
     if args.token_env:
@@ -143,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_prepare_model)
     p = sub.add_parser("submit", help="submit a training job to a Ray cluster (Ray Jobs API)")
     p.add_argument("config", nargs="*", help="optional YAML file, then a.b=c overrides")
-    p.add_argument("--address", default=None, help="dashboard address (default $RAY_ADDRESS or http://127.0.0.1:8265)")
+    p.add_argument("--address", default=None, help=ADDRESS_HELP)
     p.add_argument("--working-dir", default=".", help="folder uploaded as the job's working directory")
     p.add_argument("--requirements", default=None, help="requirements file installed into the job's environment")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable for the job")
@@ -153,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("jobs", help="list jobs, or show the logs/status of one, or stop it")
     p.add_argument("action", choices=["list", "logs", "status", "stop"])
     p.add_argument("job_id", nargs="?")
-    p.add_argument("--address", default=None)
+    p.add_argument("--address", default=None, help=ADDRESS_HELP)
     p.add_argument("--follow", action="store_true")
     p.set_defaults(fn=cmd_jobs)
     p = sub.add_parser("report", help="plots and a text summary of a run directory")
@@ -172,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"jobs {args.action} needs a job id")
     try:
         return args.fn(args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, jobs.ClusterAccessError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -11,6 +11,7 @@ whole step, all actors together) or ``per_actor``.
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -273,6 +274,21 @@ class RayConfig(_Strict):
         "CPU-only actors keep freed memory for reuse (glibc MALLOC_MMAP_MAX_=0, no heap trimming) instead of "
         "returning it to the OS each step: about 30% faster CPU training steps; the memory stays with the actor."))
     cluster_config: str | None = Field(None, description="Cluster file (cluster_configs/) this run is sized for; tests check it fits.")
+
+    def cluster_address(self) -> str | None:
+        """The rule of ``address``: the address to join, or None for a private local Ray."""
+        if self.address == "local":
+            return None
+        if self.address:
+            return self.address
+        # Ray Jobs starts every driver with RAY_ADDRESS set to its cluster's GCS and the job's config in
+        # RAY_JOB_CONFIG_JSON_ENV_VAR (ray/dashboard/modules/job/job_supervisor.py, _get_driver_env_vars).
+        # Both are needed: a RAY_ADDRESS in a user's shell (often the dashboard URL for `rlhf-ray submit`)
+        # must not turn a local `rlhf-ray train` into a cluster client. "auto" rather than the address:
+        # ray.init then also turns token auth on when a token is at hand (ray/_private/worker.py).
+        if os.environ.get("RAY_ADDRESS") and "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+            return "auto"
+        return None
 
 
 class PlacementConfig(_Strict):

@@ -1,15 +1,25 @@
 """Ray Jobs: submit a run to a cluster, follow its logs, stop it, list jobs.
 
-The job's entrypoint is the same `rlhf-ray train CONFIG overrides` a user runs locally, with
-`ray.address=auto` so the controller joins the cluster it was submitted to. The config is validated
-here first, so a typo fails in the terminal, not minutes later on the cluster.
+The job's entrypoint is the same `rlhf-ray train CONFIG overrides` a user runs locally: Ray Jobs starts
+it as a job driver, which joins the cluster it was submitted to (the rule of `ray.address`, see
+rlhf_ray/config.py). The config is validated here first, so a typo fails in the terminal, not minutes
+later on the cluster.
+
+Token: a Ray 2.60 head with token authentication answers 401 to a client without its token and 403 to
+one with another cluster's. The client takes the token from RAY_AUTH_TOKEN, else the file named by
+RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token (Ray's own order, the one `ray job submit` uses), and
+sends it itself as an Authorization header: no dependence on RAY_AUTH_MODE being set before Ray's
+first import, and a clear error naming where the rejected token came from (docs/security.md).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from rlhf_ray.config import load_config
@@ -19,25 +29,87 @@ DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 EXCLUDES = [".venv/", "runs/", "wandb/", ".git/", "**/__pycache__/", "*.egg-info/", ".cache/", ".whl/"]
 # Passed from the submitting shell to the job when set there.
 FORWARDED_ENV = ("WANDB_API_KEY", "WANDB_PROJECT", "WANDB_ENTITY", "HF_HUB_OFFLINE", "RLHF_RAY_CACHE")
+# How long `submit` keeps trying while a freshly started head has no job agent yet.
+AGENT_WAIT_S = 60
+HOW_TO_GIVE_TOKEN = ("set RAY_AUTH_TOKEN to the cluster's token, or RAY_AUTH_TOKEN_PATH to a file holding it "
+                     "(on the head: `ray get-auth-token`); see docs/security.md")
+
+
+class ClusterAccessError(RuntimeError):
+    """The job commands cannot use the cluster: nothing answers at the address, or it refused the token."""
+
+
+def dashboard_address(address: str | None = None) -> str:
+    return (address or os.environ.get("RAY_ADDRESS") or DEFAULT_DASHBOARD).rstrip("/")
+
+
+def cluster_token() -> tuple[str | None, str]:
+    """(token, where it came from), in Ray's order; (None, why) when there is none."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip(), "RAY_AUTH_TOKEN"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        path = Path(os.environ["RAY_AUTH_TOKEN_PATH"]).expanduser()
+        token = path.read_text().strip() if path.is_file() else ""
+        if not token:
+            # Ray fails the same way; falling back to another token would hide the mistake.
+            raise FileNotFoundError(f"RAY_AUTH_TOKEN_PATH={path} is not a file holding a token")
+        return token, f"RAY_AUTH_TOKEN_PATH={path}"
+    default = Path.home() / ".ray" / "auth_token"
+    token = default.read_text().strip() if default.is_file() else ""
+    if token:
+        return token, f"{default} (this machine's own token)"
+    return None, "no RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
+
+
+def check_access(address: str, token: str | None, source: str) -> None:
+    """One request before Ray's client makes its own, so a token or address problem reads as one, not as
+    a traceback."""
+    if not address.startswith(("http://", "https://")):
+        return  # a GCS address: Ray's client finds the dashboard itself
+    request = urllib.request.Request(f"{address}/api/version", headers=auth_headers(token))
+    try:
+        urllib.request.urlopen(request, timeout=30).close()
+    except urllib.error.HTTPError as e:
+        if e.code == 401:
+            raise ClusterAccessError(f"the cluster at {address} wants its token ({source}): "
+                                     f"{HOW_TO_GIVE_TOKEN}") from None
+        if e.code == 403:
+            raise ClusterAccessError(f"the cluster at {address} rejected the token from {source}: it is another "
+                                     f"cluster's (a local `rlhf-ray train` writes its own ~/.ray/auth_token); "
+                                     f"{HOW_TO_GIVE_TOKEN}") from None
+    except OSError as e:  # refused, timed out, no such host
+        raise ClusterAccessError(f"no Ray dashboard answers at {address} ({getattr(e, 'reason', e)}): is the head up "
+                                 f"(launch/start_local_head.sh), the tunnel open, --address or RAY_ADDRESS right?"
+                                 ) from None
+
+
+def auth_headers(token: str | None) -> dict[str, str]:
+    # A cluster without token auth ignores the header: no need to know the cluster's mode first.
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def auth_mode(address: str | None = None) -> str:
+    """'token' or 'disabled' (the dashboard's public /api/authentication_mode); '' when unknown."""
+    try:
+        with urllib.request.urlopen(f"{dashboard_address(address)}/api/authentication_mode", timeout=10) as r:
+            return str(json.loads(r.read()).get("authentication_mode", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def client(address: str | None = None):
-    # `ray start` heads require a token by default, but the client library only sends one in token
-    # mode, which it reads when Ray is first imported: use it whenever a token is at hand (env var,
-    # RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token).
-    has_token = "RAY_AUTH_TOKEN" in os.environ or Path(
-        os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token")).is_file()
-    if has_token:
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    address = dashboard_address(address)
+    token, source = cluster_token()
+    check_access(address, token, source)
+    # Imported here: Ray takes seconds to load, and only job commands need its client.
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(address or os.environ.get("RAY_ADDRESS", DEFAULT_DASHBOARD))
+    return JobSubmissionClient(address, headers=auth_headers(token))
 
 
 def build_entrypoint(config_path: str | None, overrides: list[str]) -> str:
+    # No ray.address override: the driver joins its cluster by the empty address's rule (config.py).
     args = ["python", "-m", "rlhf_ray", "train"] + ([config_path] if config_path else []) + list(overrides)
-    if not any(o.startswith("ray.address=") for o in overrides):
-        args.append("ray.address=auto")
     return " ".join(shlex.quote(a) for a in args)
 
 
@@ -57,16 +129,29 @@ def submit(config_path: str | None, overrides: list[str], address: str | None = 
            requirements: str | None = None, env: dict[str, str] | None = None, job_id: str | None = None) -> str:
     load_config(config_path, overrides)  # fail here, not on the cluster
     c = client(address)
-    return c.submit_job(entrypoint=build_entrypoint(config_path, overrides), submission_id=job_id,
-                        runtime_env=runtime_env(working_dir, requirements, env),
-                        metadata={"tool": "rlhf_ray", "config": str(config_path)})
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            return c.submit_job(entrypoint=build_entrypoint(config_path, overrides), submission_id=job_id,
+                                runtime_env=runtime_env(working_dir, requirements, env),
+                                metadata={"tool": "rlhf_ray", "config": str(config_path)})
+        except RuntimeError as e:
+            # A head's first seconds: its job agent has not registered yet, and Ray answers 500 "No available
+            # agent to submit job, please try again later" (dashboard/modules/job/job_head.py, submit_job)
+            # before creating anything, so trying again is safe.
+            if "No available agent" not in str(e):
+                raise
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{e} The head's job agent did not come up in {AGENT_WAIT_S} s: see "
+                                   f"dashboard_agent.log in the head's session logs (its port, 52365 by default, "
+                                   f"taken by another Ray on that machine? `ray start --dashboard-agent-listen-port`)"
+                                   ) from None
+            time.sleep(5)
 
 
 def follow(job_id: str, address: str | None = None, poll_s: float = 2.0, echo=print) -> str:
     """Prints new log lines until the job ends; returns its final status."""
-    c = client(address)  # first: it sets RAY_AUTH_MODE before Ray is imported
-    from ray.job_submission import JobStatus
-
+    c = client(address)
     seen = 0
     while True:
         status = c.get_job_status(job_id)
@@ -74,22 +159,28 @@ def follow(job_id: str, address: str | None = None, poll_s: float = 2.0, echo=pr
         if len(logs) > seen:
             echo(logs[seen:], end="")
             seen = len(logs)
-        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        if status.is_terminal():
             return str(status.value)
         time.sleep(poll_s)
 
 
 def wait(job_id: str, address: str | None = None, timeout_s: float = 1800, poll_s: float = 2.0) -> str:
-    c = client(address)  # first: it sets RAY_AUTH_MODE before Ray is imported
-    from ray.job_submission import JobStatus
-
+    c = client(address)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status = c.get_job_status(job_id)
-        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        if status.is_terminal():
             return str(status.value)
         time.sleep(poll_s)
     raise TimeoutError(f"job {job_id} still {status.value} after {timeout_s:.0f}s")
+
+
+def status(job_id: str, address: str | None = None) -> str:
+    return str(client(address).get_job_status(job_id).value)
+
+
+def logs(job_id: str, address: str | None = None) -> str:
+    return client(address).get_job_logs(job_id)
 
 
 def stop(job_id: str, address: str | None = None) -> bool:

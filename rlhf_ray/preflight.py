@@ -115,7 +115,7 @@ def check_environment(cfg: Config, where: str = "this machine") -> list[str]:
 def check_local_resources(cfg: Config, roles: tuple[str, ...] | None = None) -> None:
     """A local Ray gets the machine's CPUs (and GPUs), never more: the layout must fit them, unless
     ray.local_num_cpus says how many to pretend. A cluster (ray.address) is checked when joined."""
-    if cfg.ray.address or os.environ.get("RAY_ADDRESS") or cfg.ray.local_num_cpus is not None:
+    if cfg.ray.cluster_address() or cfg.ray.local_num_cpus is not None:
         return
     check_feasible(cfg, [{"CPU": float(os.cpu_count() or 1), "GPU": float(local_gpus(cfg))}],
                    list(roles) if roles else None)

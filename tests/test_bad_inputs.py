@@ -225,3 +225,16 @@ def test_settings_the_algorithm_does_not_read_are_named():
     cfg = load_config(overrides=["algorithm=grpo", "critic.lr=1e-5", "critic.num_actors=2"])
     assert cfg.unused_settings() == ["critic.lr, num_actors: algorithm=grpo starts no critic"]
     assert load_config(overrides=["algorithm=grpo", "critic.lr=5e-6"]).unused_settings() == []  # its default
+
+
+def test_submit_runs_the_local_preflight_before_contacting_a_cluster(capsys, tmp_path):
+    """`rlhf-ray submit` with a bad reward path or a non-UTF-8 prompt file fails in the terminal (exit 2),
+    before any request to the address (nothing listens on port 1)."""
+    from rlhf_ray.cli import main
+
+    assert main(["submit", "reward.function=no_such_module:f", "--address", "http://127.0.0.1:1"]) == 2
+    assert "cannot import module 'no_such_module'" in capsys.readouterr().err
+    bad = tmp_path / "p.jsonl"
+    bad.write_bytes(b'{"prompt": "caf\xe9"}\n')
+    assert main(["submit", "task.name=jsonl", f"task.train_file={bad}", "--address", "http://127.0.0.1:1"]) == 2
+    assert "p.jsonl line 1: not UTF-8" in capsys.readouterr().err

@@ -17,7 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from rlhf_ray.config import ConfigError, load_config
-from rlhf_ray.rewards_http import HttpRewardClient, RewardServiceError, serve_reward_function
+from rlhf_ray.reward_server import serve_reward_function
+from rlhf_ray.rewards_http import HttpRewardClient, RewardServiceError
 
 FN = "rlhf_ray.tasks.rewards:arithmetic_exact_match"
 PROMPTS = ["What is 2 + 3?", "What is 7 - 4?", "What is 6 * 7?"]

