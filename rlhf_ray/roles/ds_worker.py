@@ -6,8 +6,10 @@ local rank is always 0; ranks meet over NCCL on GPUs and gloo on CPU, at the add
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import socket
 
 import ray
 import torch
@@ -17,7 +19,8 @@ from rlhf_ray.checkpoint import rng_state, safe_checkpoint_engine, set_rng_state
 from rlhf_ray.batch import Batch, batch_size, micro_batches, select
 from rlhf_ray.config import Config, TrainableRole
 from rlhf_ray.models.loading import load_tokenizer
-from rlhf_ray.roles.base import Worker, free_port
+from rlhf_ray.roles.base import Worker
+from rlhf_ray.roles.grad_norm import step_grad_norm
 
 
 class DeepSpeedWorker(Worker):
@@ -27,20 +30,43 @@ class DeepSpeedWorker(Worker):
         super().__init__(cfg, rank, world_size)
         self.role_cfg: TrainableRole = getattr(cfg, self.role)
         self.engine = None
+        self._store_socket: socket.socket | None = None
 
     # -- group setup: the controller asks rank 0 for an address, then calls setup on every rank
     def master_address(self) -> tuple[str, int]:
-        return ray.util.get_node_ip_address(), free_port()
+        """Where the group meets: this node's address and a free port on it, which stays bound here
+        until ``setup_distributed`` hands it to the rendezvous store (so nothing can take it meanwhile)."""
+        addr = ray.util.get_node_ip_address()
+        if self._store_socket is not None:
+            self._store_socket.close()
+        self._store_socket = _bind(addr, 0)
+        return addr, self._store_socket.getsockname()[1]
 
     def setup_distributed(self, addr: str, port: int) -> None:
+        """Joins the group at ``addr:port``, where rank 0 serves the rendezvous store. The store listens
+        on that address only: torch's own rendezvous (env://, what deepspeed.init_distributed uses)
+        listens on every interface, unauthenticated, for the whole run. On a loopback address gloo's
+        and NCCL's sockets stay on ``lo`` too."""
         import deepspeed
+        from deepspeed.constants import default_pg_timeout
 
         os.environ.update(MASTER_ADDR=addr, MASTER_PORT=str(port), RANK=str(self.rank),
                           WORLD_SIZE=str(self.world_size), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
-        if addr.startswith("127."):
+        if _is_loopback(addr):
             os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+            os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        listen_fd = None
+        if self.rank == 0:
+            held, self._store_socket = self._store_socket, None
+            if held is None or held.getsockname()[1] != port:  # not the port master_address reserved
+                held = _bind(addr, port)
+            listen_fd = held.detach()  # the store's server owns the socket from here on
+        store = torch.distributed.TCPStore(addr, port, self.world_size, is_master=self.rank == 0,
+                                           timeout=default_pg_timeout, master_listen_fd=listen_fd)
+        torch.distributed.init_process_group(backend, store=store, rank=self.rank, world_size=self.world_size,
+                                             timeout=default_pg_timeout)
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)  # adopts the group above
 
     def ds_config(self) -> dict:
         r = self.role_cfg
@@ -96,7 +122,9 @@ class DeepSpeedWorker(Worker):
 
     def _run_steps(self, steps, loss_fn, rows_per_unit: int = 1) -> dict[str, float]:
         """backward + step on each micro-batch of each optimiser step (DeepSpeed steps the optimiser
-        at its accumulation boundary); returns the loss_fn metrics averaged over micro-batches, grad norm and lr.
+        at its accumulation boundary). Returns the loss_fn metrics averaged over micro-batches, the lr,
+        and ``grad_norm``: the L2 norm of each applied step's whole gradient before clipping
+        (``step_grad_norm``), averaged over the call's optimiser steps.
 
         Each loss is the micro-batch's share of the step's mean: its sum over the step's counts on
         every rank (``step_normalizer``). DeepSpeed divides every micro-batch's loss by the
@@ -104,19 +132,26 @@ class DeepSpeedWorker(Worker):
         the step's gradient is the gradient of the documented mean (rlhf_ray.algos.aggregate)."""
         sums: dict[str, float] = {}
         count = 0
+        norms: list[float] = []
         scale = self.engine.gradient_accumulation_steps() * self.world_size
         for micro in steps:
             norm = self.step_normalizer(micro, rows_per_unit)
             for mb in micro:
                 loss, metrics = loss_fn(mb, norm)
                 self.engine.backward(loss * scale)
+                # At the boundary the gradient is whole (reduced over ranks) until step() clips, applies
+                # and frees it: read it in between.
+                grad_norm = step_grad_norm(self.engine) if self.engine.is_gradient_accumulation_boundary() else None
                 self.engine.step()
+                if grad_norm is not None and self.engine.was_step_applied():  # fp16 overflow: step skipped
+                    norms.append(grad_norm)
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 count += 1
         self._updates += 1
         out = {k: v / max(count, 1) for k, v in sums.items()}
-        out["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
+        if norms:  # no applied step, no figure: a 0 would read as a vanished gradient
+            out["grad_norm"] = sum(norms) / len(norms)
         out["lr"] = self.engine.get_lr()[0]
         return out
 
@@ -194,3 +229,16 @@ class DeepSpeedWorker(Worker):
         self._updates = state["updates"]
         set_rng_state(state["rng"])
         return self._updates
+
+
+def _bind(addr: str, port: int) -> socket.socket:
+    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
+    s.bind((addr, port))
+    return s
+
+
+def _is_loopback(addr: str) -> bool:
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:  # a host name: resolved by torch, not on loopback as far as we know
+        return False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 
+import ray
 import torch
 
 from rlhf_ray.algos.masked import logprobs_from_logits
@@ -36,6 +37,9 @@ class Rollout(Worker):
             self.engine = HFEngine(load_causal_lm(model_path, getattr(torch, mc.dtype)).to(self.device))
             return 0
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        if ray.util.get_node_ip_address().startswith("127."):
+            # vLLM's gloo groups bind where the host name resolves (often the network address) unless told.
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(rc.cpu_kv_cache_gib))))
         from vllm import LLM
 
