@@ -57,7 +57,8 @@ def _sum(cfg: Config, roles: list[str]) -> dict[str, float]:
             "GPU": sum(getattr(cfg, r).num_gpus_per_actor for r in roles)}
 
 
-def check_feasible(cfg: Config, nodes: list[dict[str, float]], roles: list[str] | None = None) -> None:
+def check_feasible(cfg: Config, nodes: list[dict[str, float]], roles: list[str] | None = None,
+                   where: str = "the cluster") -> None:
     """Packs every bundle onto the nodes (first fit, largest first); raises with what is asked and
     what is there when they do not fit. ``nodes`` are resource dicts, e.g. from ``cluster_nodes()``."""
     plans = plan(cfg, roles)
@@ -69,7 +70,7 @@ def check_feasible(cfg: Config, nodes: list[dict[str, float]], roles: list[str] 
     for p, (bundle,) in items:
         node = next((n for n in free if all(n.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items())), None)
         if node is None:
-            raise InfeasibleLayout(_explain(cfg, plans, nodes, p, bundle))
+            raise InfeasibleLayout(_explain(plans, nodes, p, bundle, where))
         for k, v in bundle.items():
             node[k] = node.get(k, 0.0) - v
 
@@ -78,13 +79,13 @@ def _total(bundles: list[dict[str, float]]) -> dict[str, float]:
     return {k: sum(b[k] for b in bundles) for k in ("CPU", "GPU")}
 
 
-def _explain(cfg, plans, nodes, failed: GroupPlan, bundle) -> str:
+def _explain(plans, nodes, failed: GroupPlan, bundle, where: str) -> str:
     asked = "; ".join(
         f"{'+'.join(p.roles)}: {len(p.bundles)} × ({p.bundles[0]['CPU']:g} CPU, {p.bundles[0]['GPU']:g} GPU)"
         for p in plans)
     total = _total([b for p in plans for b in p.bundles])
     there = "; ".join(f"node {i}: {n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU" for i, n in enumerate(nodes)) or "no nodes"
-    return (f"the actor layout does not fit the cluster: a bundle of {'+'.join(failed.roles)} needing "
+    return (f"the actor layout does not fit {where}: a bundle of {'+'.join(failed.roles)} needing "
             f"{bundle['CPU']:g} CPU and {bundle['GPU']:g} GPU has no node left to go to.\n"
             f"  asked ({total['CPU']:g} CPU, {total['GPU']:g} GPU in all): {asked}\n"
             f"  there: {there}\n"

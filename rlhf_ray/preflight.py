@@ -118,7 +118,8 @@ def check_local_resources(cfg: Config, roles: tuple[str, ...] | None = None) -> 
     if cfg.ray.cluster_address() or cfg.ray.local_num_cpus is not None:
         return
     check_feasible(cfg, [{"CPU": float(os.cpu_count() or 1), "GPU": float(local_gpus(cfg))}],
-                   list(roles) if roles else None)
+                   list(roles) if roles else None, where="this machine (a local Ray has its CPUs and GPUs; "
+                   "ray.local_num_cpus oversubscribes on purpose)")
 
 
 def local_gpus(cfg: Config) -> int:

@@ -202,7 +202,7 @@ def test_more_cpus_than_the_machine_has(tiny_policy, tmp_path):
 
     cfg = load_config(overrides=tiny_overrides(tiny_policy, tmp_path / "run", "ray.local_num_cpus=null",
                                                f"learner.num_cpus_per_actor={os.cpu_count() + 1}"))
-    msg = _assert_fails_before_actors(cfg, ValueError, "the actor layout does not fit the cluster")
+    msg = _assert_fails_before_actors(cfg, ValueError, "the actor layout does not fit this machine")
     assert f"node 0: {os.cpu_count()} CPU" in msg
 
 
