@@ -8,7 +8,9 @@ its resolved config and the checkpoint it resumed from. A run may start in a dir
   checkpoints it keeps the id, so its checkpoints go on being pruned together);
 - ``trainer.overwrite=true``: the outputs of the run before are deleted first, each one named.
 
-Anything else stops before a model is read or an actor started, offering those three ways. A resume
+Anything else stops before a model is read or an actor started, offering those three ways; so does a
+directory that a run still going on this machine holds (``run.lock``: its process id and host, removed
+when the run shuts down; a lock whose process is gone is stale and ignored). A resume
 is checked against the checkpoint in everything that would make it load wrongly or not at all (the
 algorithm, each trained role's model and tokenizer, its number of ranks, ZeRO stage and precision);
 settings that may change on a resume (learning rate, steps, ...) are listed, not refused.
@@ -18,7 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -30,6 +34,7 @@ from rlhf_ray.checkpoint import CheckpointError, read_controller_state
 from rlhf_ray.config import Config, save_config
 
 RUN_FILE = "run.json"
+LOCK_FILE = "run.lock"
 OUTPUTS = (RUN_FILE, "config.yaml", "metrics.jsonl", "summary.json", "report.txt", "report.png", "checkpoints",
            "final", "wandb", "tensorboard")
 OUTPUT_PATTERNS = ("eval_step*.jsonl",)
@@ -74,6 +79,7 @@ def check_run_dir(cfg: Config, resume_from: Path | None) -> list[str]:
     Writes nothing (the preflight runs it before anything starts)."""
     run_dir = Path(cfg.trainer.run_dir)
     _check_writable(run_dir)
+    _check_not_in_use(run_dir)
     found = previous_outputs(run_dir)
     if not found or cfg.trainer.overwrite:
         return found
@@ -99,6 +105,37 @@ def _check_writable(run_dir: Path) -> None:
         raise RunDirError(f"trainer.run_dir={run_dir}: cannot write in {existing} ({e.strerror})") from None
 
 
+def _check_not_in_use(run_dir: Path) -> None:
+    try:
+        holder = json.loads((run_dir / LOCK_FILE).read_text())
+        pid, host = int(holder["pid"]), holder["host"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no lock, or one too broken to name a process: nothing provably running
+    if host == socket.gethostname() and pid != os.getpid() and _alive(pid):
+        raise RunDirError(f"trainer.run_dir={run_dir} is in use by a run still going on this machine (process "
+                          f"{pid}, since {holder.get('since', '?')}): wait for it, stop it, or use another trainer.run_dir")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def release_run_dir(run_dir: str | Path) -> None:
+    """Removes this process's run.lock (a run shutting down, however it ended)."""
+    lock = Path(run_dir) / LOCK_FILE
+    try:
+        if json.loads(lock.read_text()).get("pid") == os.getpid():
+            lock.unlink()
+    except (OSError, ValueError):
+        pass
+
+
 def claim_run_dir(cfg: Config, resume_from: Path | None) -> str:
     """Makes ``trainer.run_dir`` this run's: deletes what an overwrite replaces, writes the resolved
     config and run.json. Returns the run's id (the resumed run's, when resuming from this directory)."""
@@ -116,6 +153,8 @@ def claim_run_dir(cfg: Config, resume_from: Path | None) -> str:
                              "resumed_from": str(resume_from) if resume_from else None})
     save_config(cfg, run_dir / "config.yaml")
     (run_dir / RUN_FILE).write_text(json.dumps(record, indent=1))
+    (run_dir / LOCK_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                 "since": record["starts"][-1]["time"]}))
     return run_id
 
 

@@ -59,7 +59,7 @@ def test_overwrite_deletes_the_previous_runs_outputs_only(tmp_path):
     _checkpoint(old, first)
     second = claim_run_dir(_cfg(tmp_path / "run", "trainer.overwrite=true"), None)
     assert second != first
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml", "notes.txt", "run.json"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml", "notes.txt", "run.json", "run.lock"]
 
 
 def test_resume_from_own_checkpoint_keeps_the_run_id(tmp_path):
@@ -100,3 +100,30 @@ def test_resume_names_every_incompatible_setting_and_lists_the_allowed_changes(t
     assert "learner's model: its config or tokenizer files differ" in msg and "critic's model" not in msg
     with pytest.raises(CheckpointError, match="algorithm: checkpoint ppo, now grpo"):
         check_resume(ckpt, _cfg(tmp_path / "run", "algorithm=grpo"), {"learner": "aaa"})
+
+
+def test_a_directory_a_running_process_holds_is_refused_and_a_stale_lock_is_not(tmp_path):
+    import subprocess
+    import sys
+
+    from rlhf_ray.rundir import release_run_dir
+
+    cfg = _cfg(tmp_path / "run")
+    claim_run_dir(cfg, None)
+    lock = tmp_path / "run" / "run.lock"
+    ours = json.loads(lock.read_text())
+    check_run_dir(_cfg(tmp_path / "run", "trainer.overwrite=true"), None)  # this process's own lock: no conflict
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(json.dumps({**ours, "pid": other.pid}))
+        with pytest.raises(RunDirError, match=f"is in use by a run still going on this machine \\(process {other.pid}"):
+            check_run_dir(_cfg(tmp_path / "run", "trainer.overwrite=true"), None)
+    finally:
+        other.kill()
+        other.wait()
+    check_run_dir(_cfg(tmp_path / "run", "trainer.overwrite=true"), None)  # stale: its process is gone
+    release_run_dir(tmp_path / "run")
+    assert lock.is_file()  # not ours: left alone
+    lock.write_text(json.dumps(ours))
+    release_run_dir(tmp_path / "run")
+    assert not lock.exists()

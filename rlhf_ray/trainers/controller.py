@@ -27,7 +27,7 @@ from rlhf_ray.roles import Critic, PolicyLearner, Reference, Reward, Rollout
 from rlhf_ray.roles.ds_worker import DeepSpeedWorker
 from rlhf_ray.preflight import preflight
 from rlhf_ray.roles.reward_trainer import RewardTrainer
-from rlhf_ray.rundir import claim_run_dir
+from rlhf_ray.rundir import claim_run_dir, release_run_dir
 from rlhf_ray.tracking import Tracker
 from rlhf_ray.trainers.inputs import RunInputs
 from rlhf_ray.trainers.session import init_ray, run_id
@@ -63,13 +63,16 @@ class Controller:
         self.restarts = 0
         self.last_checkpoint: str | None = None
         self.start_metrics: dict[str, float] = {}  # logged with step 0 (set-up stages a loop times)
-        init_ray(self.cfg)
-        self.run_id = run_id()
-        self.groups: dict[str, WorkerGroup] = start_groups(self.cfg, self.role_classes(), self.run_id)
+        self.groups: dict[str, WorkerGroup] = {}
         try:
+            init_ray(self.cfg)
+            self.run_id = run_id()
+            self.groups = start_groups(self.cfg, self.role_classes(), self.run_id)
             self.load_models(list(self.groups))
         except BaseException:
-            shutdown_groups(self.groups)  # no half-started run keeps its actors and placement groups
+            # No half-started run keeps its actors, placement groups or run directory (the base's
+            # shutdown: a subclass's own parts are not built yet).
+            Controller.shutdown(self)
             raise
         for role in ROLE_CLASSES:
             setattr(self, role, self.groups.get(role))
@@ -167,6 +170,7 @@ class Controller:
 
     def shutdown(self) -> None:
         shutdown_groups(self.groups)
+        release_run_dir(self.run_dir)
 
     # ------------------------------------------------------------------ checkpoints
     def controller_state(self, step: int, history: dict) -> dict:
