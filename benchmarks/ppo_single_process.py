@@ -20,7 +20,7 @@ Where it cannot do the same as rlhf_ray's step:
 - generation goes to vLLM in one call by default; rlhf_ray's dispatch sends `4 x rollout.num_actors`
   chunks, one at a time per engine (`--generate-chunks 4` does the same here with one engine);
 - the weights go to vLLM in one call straight from the parameters; rlhf_ray sends buckets of about
-  `trainer.weight_sync_bucket_mb` through the object store (a view on the learner, a copy on put);
+  `sync.bucket_mb` through the object store (a view on the learner, a copy on put);
 - it is always synchronous: `ppo.async_rollout` (generating step n+1 during step n) is ignored;
 - vLLM, the three torch models and the optimisers share one process and one set of torch threads
   (torch's default, all cores, unless --threads); each rlhf_ray actor has its own, and Ray sets

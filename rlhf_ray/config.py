@@ -32,6 +32,10 @@ READ_INSTEAD = {
 }
 
 
+# Keys that moved: an old config gets the new name, not "unknown key".
+MOVED = {"trainer.weight_sync_bucket_mb": "sync.bucket_mb"}
+
+
 class ConfigError(ValueError):
     """A config problem, phrased for the user: names the key and what to do."""
 
@@ -47,6 +51,9 @@ class RoleResources(_Strict):
         "has only the machine's CPUs, see ray.local_num_cpus)."))
     num_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs Ray reserves for each actor (fractions share a GPU).")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads in each actor; 0 = Ray's default (OMP_NUM_THREADS = num_cpus_per_actor rounded, at least 1).")
+    resources_per_actor: dict[str, float] = Field(default_factory=dict, description=(
+        "Custom Ray resources each actor asks for, e.g. {trainer_node: 1}: only nodes started with that resource "
+        "(`ray start --resources`, a cluster file's node type) take the actor. How roles are pinned to chosen nodes."))
 
 
 class ScoringBudget(_Strict):
@@ -228,7 +235,6 @@ class TrainerConfig(_Strict):
     eval_every: int = Field(5, ge=0, description="Held-out evaluation every K steps (0 = only before and after).")
     seed: int = Field(0, description="Seed of prompts, sampling and initialisation.")
     run_dir: str = Field("runs/ppo", description="Where metrics.jsonl, the resolved config and outputs go.")
-    weight_sync_bucket_mb: float = Field(256.0, gt=0, description="Weight-sync bucket size, MiB (one remote call per bucket per engine).")
     call_timeout_s: float = Field(1800.0, gt=0, description="A remote call slower than this fails with the actor's name.")
     max_actor_restarts: int = Field(3, ge=0, description="Actor failures survived per run: rollout/reward/reference restarts (stage retried) plus learner/critic restores from the last checkpoint.")
     save_every: int = Field(0, ge=0, description="Checkpoint every K steps (0 = only at the end); see docs/reliability.md.")
@@ -246,6 +252,20 @@ class TrainerConfig(_Strict):
         if self.overwrite and self.resume != "none":
             raise ValueError(f"trainer.overwrite=true starts afresh: it cannot go with trainer.resume={self.resume}")
         return self
+
+
+class SyncConfig(_Strict):
+    transport: Literal["object_store", "collective"] = Field("object_store", description=(
+        "How the learner's weights reach the rollout engines: one object-store put per bucket that every engine "
+        "pulls, or a broadcast over a collective group of the learner and every engine worker (gloo on CPU, NCCL "
+        "on GPU). See docs/performance.md for which scales how."))
+    bucket_mb: float = Field(256.0, gt=0, description=(
+        "Weight-sync bucket size, MiB: one transfer (and one remote call per engine) per bucket, cut between layers."))
+    verify: bool = Field(False, description=(
+        "Engines check each bucket's CRC32 against the sync's manifest (names, shapes, dtypes and that a sync "
+        "covered every weight are always checked); one extra pass over the weights on every engine."))
+    group_timeout_s: float = Field(600.0, gt=0, description=(
+        "transport=collective: seconds a member waits in the weight group's rendezvous or one broadcast before failing."))
 
 
 class LoggingConfig(_Strict):
@@ -324,6 +344,7 @@ class Config(_Strict):
     task: TaskConfig = Field(default_factory=TaskConfig, description="Prompts and held-out set.")
     raft: RaftConfig = Field(default_factory=RaftConfig, description="Best-of-n sampling: RAFT rounds and the best-of-n command.")
     trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="Loop length, seed, outputs.")
+    sync: SyncConfig = Field(default_factory=SyncConfig, description="Weight sync from the learner to the rollout engines.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Metrics sinks.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Where to run.")
     placement: PlacementConfig = Field(default_factory=PlacementConfig, description="Which roles share resources.")
@@ -457,7 +478,9 @@ def _explain(err: ValidationError, source: str) -> ConfigError:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "extra_forbidden" and key in MOVED:
+            lines.append(f"  {key}: moved to {MOVED[key]}")
+        elif e["type"] == "extra_forbidden":
             near = difflib.get_close_matches(str(e["loc"][-1]), _known_keys(Config, e["loc"]), n=1)
             hint = f" (did you mean '{'.'.join(map(str, e['loc'][:-1] + (near[0],)))}'?)" if near else ""
             lines.append(f"  {key}: unknown key{hint}")

@@ -44,7 +44,7 @@ class WorkerGroup:
         pg = self.placement_group
         return remote_cls.options(
             name=f"{run_id}/{self.role}-{rank}", namespace=cfg.ray.namespace,
-            num_cpus=res.num_cpus_per_actor, num_gpus=res.num_gpus_per_actor,
+            num_cpus=res.num_cpus_per_actor, num_gpus=res.num_gpus_per_actor, resources=res.resources_per_actor,
             runtime_env={"env_vars": _actor_env(res, cfg.ray.cpu_malloc_keep_freed)},
             scheduling_strategy=None if pg is None else PlacementGroupSchedulingStrategy(
                 placement_group=pg, placement_group_bundle_index=rank),

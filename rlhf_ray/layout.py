@@ -53,8 +53,13 @@ def plan(cfg: Config, roles: list[str] | None = None) -> list[GroupPlan]:
 
 
 def _sum(cfg: Config, roles: list[str]) -> dict[str, float]:
-    return {"CPU": sum(getattr(cfg, r).num_cpus_per_actor for r in roles),
-            "GPU": sum(getattr(cfg, r).num_gpus_per_actor for r in roles)}
+    """One bundle: the CPUs, GPUs and custom resources (``resources_per_actor``) of one actor of each role."""
+    out = {"CPU": sum(getattr(cfg, r).num_cpus_per_actor for r in roles),
+           "GPU": sum(getattr(cfg, r).num_gpus_per_actor for r in roles)}
+    for r in roles:
+        for name, amount in getattr(cfg, r).resources_per_actor.items():
+            out[name] = out.get(name, 0.0) + amount
+    return out
 
 
 def check_feasible(cfg: Config, nodes: list[dict[str, float]], roles: list[str] | None = None,
@@ -79,18 +84,22 @@ def _total(bundles: list[dict[str, float]]) -> dict[str, float]:
     return {k: sum(b[k] for b in bundles) for k in ("CPU", "GPU")}
 
 
+def _describe(res: dict[str, float]) -> str:
+    """'0.4 CPU, 0 GPU, 1 trainer_node': CPU and GPU always, custom resources when present."""
+    extra = [f"{v:g} {k}" for k, v in sorted(res.items()) if k not in ("CPU", "GPU") and v]
+    return ", ".join([f"{res.get('CPU', 0):g} CPU", f"{res.get('GPU', 0):g} GPU", *extra])
+
+
 def _explain(plans, nodes, failed: GroupPlan, bundle, where: str) -> str:
-    asked = "; ".join(
-        f"{'+'.join(p.roles)}: {len(p.bundles)} × ({p.bundles[0]['CPU']:g} CPU, {p.bundles[0]['GPU']:g} GPU)"
-        for p in plans)
+    asked = "; ".join(f"{'+'.join(p.roles)}: {len(p.bundles)} × ({_describe(p.bundles[0])})" for p in plans)
     total = _total([b for p in plans for b in p.bundles])
-    there = "; ".join(f"node {i}: {n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU" for i, n in enumerate(nodes)) or "no nodes"
+    there = "; ".join(f"node {i}: {_describe(n)}" for i, n in enumerate(nodes)) or "no nodes"
     return (f"the actor layout does not fit {where}: a bundle of {'+'.join(failed.roles)} needing "
-            f"{bundle['CPU']:g} CPU and {bundle['GPU']:g} GPU has no node left to go to.\n"
+            f"{_describe(bundle)} has no node left to go to.\n"
             f"  asked ({total['CPU']:g} CPU, {total['GPU']:g} GPU in all): {asked}\n"
             f"  there: {there}\n"
             f"  lower <role>.num_actors or <role>.num_gpus_per_actor / num_cpus_per_actor, colocate roles "
-            f"(placement.colocate), or add nodes")
+            f"(placement.colocate), drop or provide <role>.resources_per_actor, or add nodes")
 
 
 def nodes_from_cluster_file(path: str) -> list[dict[str, float]]:
@@ -113,7 +122,7 @@ def nodes_from_cluster_file(path: str) -> list[dict[str, float]]:
     for name, t in types.items():
         res = _require(t, "resources", f"{path} available_node_types.{name}")
         count = 1 if name == head else int(t.get("max_workers", 0))
-        nodes += [{"CPU": float(res.get("CPU", 0)), "GPU": float(res.get("GPU", 0))} for _ in range(count)]
+        nodes += [{"CPU": 0.0, "GPU": 0.0, **{k: float(v) for k, v in res.items()}} for _ in range(count)]
     return nodes
 
 

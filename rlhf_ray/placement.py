@@ -10,8 +10,11 @@ from rlhf_ray.layout import InfeasibleLayout, plan
 
 
 def cluster_nodes() -> list[dict[str, float]]:
-    """CPU and GPU of each alive node of the connected Ray cluster."""
-    return [{"CPU": n["Resources"].get("CPU", 0.0), "GPU": n["Resources"].get("GPU", 0.0)}
+    """CPU, GPU and custom resources of each alive node of the connected Ray cluster (not Ray's own
+    per-node ``node:<ip>`` markers nor its memory accounting)."""
+    skip = ("memory", "object_store_memory")
+    return [{"CPU": 0.0, "GPU": 0.0, **{k: v for k, v in n["Resources"].items()
+                                        if not k.startswith("node:") and k not in skip}}
             for n in ray.nodes() if n["Alive"]]
 
 

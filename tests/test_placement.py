@@ -42,6 +42,28 @@ def test_infeasible_layout_is_explained():
         check_feasible(cfg, [NODE_8GPU])
 
 
+def test_custom_resources_pin_roles_to_the_nodes_that_offer_them():
+    cfg = _cfg("learner.num_actors=2", "learner.resources_per_actor={trainer_node: 1}",
+               "reference.resources_per_actor={scorer_node: 1}", "placement.colocate=[[rollout, reward]]",
+               "rollout.resources_per_actor={engine_node: 1}", "reward.resources_per_actor={engine_node: 0.5}")
+    groups = {tuple(p.roles): p for p in plan(cfg)}
+    assert groups[("learner",)].bundles == [{"CPU": 0.5, "GPU": 0.0, "trainer_node": 1.0}] * 2
+    assert groups[("rollout", "reward")].bundles == [{"CPU": 1.0, "GPU": 0.0, "engine_node": 1.5}]
+    plain = {"CPU": 8, "GPU": 0}
+    nodes = [plain, {**plain, "trainer_node": 1}, {**plain, "trainer_node": 1}, {**plain, "engine_node": 2},
+             {**plain, "scorer_node": 1}]
+    check_feasible(cfg, nodes)
+    with pytest.raises(InfeasibleLayout, match=r"learner needing 0.5 CPU, 0 GPU, 1 trainer_node"):
+        check_feasible(cfg, nodes[:2] + nodes[3:])  # one trainer node for two ranks
+
+
+def test_moved_key_names_its_new_place():
+    from rlhf_ray.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"trainer.weight_sync_bucket_mb: moved to sync.bucket_mb"):
+        load_config(overrides=["trainer.weight_sync_bucket_mb=64"])
+
+
 def test_colocated_roles_need_equal_counts():
     cfg = _cfg("learner.num_actors=2", "placement.colocate=[[learner, reference]]")
     with pytest.raises(InfeasibleLayout, match="learner.num_actors=2, reference.num_actors=1"):

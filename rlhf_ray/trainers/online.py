@@ -76,7 +76,7 @@ class OnlineController(Controller):
         return sync
 
     def push_weights(self, engines: list, what: str) -> dict[str, float]:
-        refs = self.learner.call(PolicyLearner.push_weights, engines, self.version, self.cfg.trainer.weight_sync_bucket_mb)
+        refs = self.learner.call(PolicyLearner.push_weights, engines, self.version, self.cfg.sync.bucket_mb)
         return self.learner.get(refs, what)[0]
 
     def after_restart(self, role: str, ranks: list[int]) -> None:
