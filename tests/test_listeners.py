@@ -101,9 +101,10 @@ def test_a_runs_actors_listen_on_loopback_only(local_ray, tiny_policy, tmp_path)
 
     cfg = load_config(overrides=tiny_overrides(tiny_policy, tmp_path, "learner.num_actors=2", "critic.num_actors=2",
                                                "learner.micro_batch_samples_per_actor=2",
-                                               "critic.micro_batch_samples_per_actor=2"))
+                                               "critic.micro_batch_samples_per_actor=2", "sync.transport=collective"))
     trainer = PPOTrainer.from_config(cfg)  # every role's actors up, groups formed, models loaded
     try:
+        trainer.sync_weights(0)  # the weight group of the learner and the engines formed too
         where = {}
         for role, group in trainer.groups.items():
             for ident in group.get(group.call(Worker.identity), f"{role} identity"):

@@ -10,6 +10,7 @@ import pytest
 from conftest import tiny_overrides
 from rlhf_ray.config import load_config
 from rlhf_ray.roles import PolicyLearner, Rollout
+from rlhf_ray.sync.manifest import BucketManifest
 
 # vLLM's CPU kernels and transformers agree to ~5e-7 on fp32; 1e-3 leaves room for summation order
 # yet a stale or half-applied weight sync moves log-probs by far more.
@@ -71,10 +72,16 @@ def _check_metrics(rows, steps):
 
 
 def test_ppo_vllm_two_steps(local_ray, tiny_policy, tmp_path):
+    """Through the collective transport (a gloo broadcast from the learner into both engines' vLLM
+    workers), in buckets of a few layers, every bucket's checksum verified by the engines. The
+    object-store transport is what the other runs use."""
     pytest.importorskip("vllm")
-    cfg = load_config(overrides=tiny_overrides(tiny_policy, tmp_path, "rollout.num_actors=2"))
+    cfg = load_config(overrides=tiny_overrides(tiny_policy, tmp_path, "rollout.num_actors=2", "sync.transport=collective",
+                                               "sync.verify=true", "sync.bucket_mb=0.05"))
     summary = _fit(cfg)
-    _check_metrics(_metrics(tmp_path), 2)
+    rows = _metrics(tmp_path)
+    _check_metrics(rows, 2)
+    assert all(r["sync/buckets"] > 2 for r in rows[1:])
     assert set(summary["eval"]) == {0, 2} and 0 <= summary["eval"][2]["eval/accuracy"] <= 1
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "eval_step00002.jsonl").is_file()
 
@@ -148,11 +155,15 @@ def test_logprob_gap_alarm_names_the_step_when_an_engine_serves_other_weights(lo
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_pretrained(tiny_policy)
         noisy = [(name, p.detach() + 0.05 * torch.randn_like(p)) for name, p in model.named_parameters()]
-        trainer.rollout.get(trainer.rollout.call(Rollout.load_weights, noisy, trainer.version, True))
+        def serve_noisy():  # one bucket at the learner's version: the engines pass it as a sync
+            manifest = BucketManifest.build(trainer.version, 0, True, noisy)
+            trainer.rollout.get(trainer.rollout.call(Rollout.load_weights, manifest, noisy))
+
+        serve_noisy()
         broken = trainer.step(2)  # warn (the default): the step goes on, the alarm names it
         assert broken["check/logprob_gap_mean"] > cfg.ppo.logprob_gap_warn
         assert "[alarm] step 2: rollout/learner log-prob gap" in capsys.readouterr().out
-        trainer.rollout.get(trainer.rollout.call(Rollout.load_weights, noisy, trainer.version, True))
+        serve_noisy()
         trainer.cfg.ppo.logprob_gap_action = "stop"
         with pytest.raises(LogprobGapError, match=r"step 3: rollout/learner log-prob gap [\d.]+ > ppo.logprob_gap_warn=0.05"):
             trainer.step(3)

@@ -96,7 +96,7 @@ def test_inprocess_reload_matches_transformers(tmp_path):
     from transformers import AutoModelForCausalLM
 
     path = build_tiny_model(str(tmp_path))
-    llm = _make_llm(path, multiprocessing=False)
+    llm = _make_llm(path, multiprocessing=False, worker_extension_cls=WORKER_EXTENSION)
     try:
         _check_reload(llm, path)
         # The probe used to verify syncs: prompt log-probs equal the trainer's forward.
@@ -115,11 +115,77 @@ def test_inprocess_reload_matches_transformers(tmp_path):
         _shutdown(llm)
 
 
+def test_engine_without_the_extension_is_refused(tmp_path):
+    path = build_tiny_model(str(tmp_path))
+    llm = _make_llm(path, multiprocessing=False)
+    try:
+        with pytest.raises(RuntimeError, match="worker_extension_cls="):
+            load_weights_into_vllm(llm, [("model.norm.weight", torch.ones(1))])
+    finally:
+        _shutdown(llm)
+
+
 @pytest.mark.slow
 def test_multiprocess_reload_needs_extension(tmp_path):
     path = build_tiny_model(str(tmp_path))
     llm = _make_llm(path, multiprocessing=True, worker_extension_cls=WORKER_EXTENSION)
     try:
         _check_reload(llm, path)
+    finally:
+        _shutdown(llm)
+
+
+def _broadcast_sync(llm, named, version, verify, tamper=None):
+    """The test process plays the learner's rank 0: joins a weight group with the engine's workers,
+    then sends ``named`` as one bucket (``tamper`` alters the buffer after the manifest is made)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rlhf_ray.rendezvous import bind
+    from rlhf_ray.sync.buckets import flatten
+    from rlhf_ray.sync.group import WeightGroup
+    from rlhf_ray.sync.manifest import BucketManifest
+    from rlhf_ray.models.vllm_weights import join_weight_group, receive_into_vllm
+
+    held = bind("127.0.0.1")
+    port = held.getsockname()[1]
+    with ThreadPoolExecutor(1) as pool:
+        source = pool.submit(WeightGroup, "127.0.0.1", port, 0, 2, 60, "127.0.0.1", held)
+        assert join_weight_group(llm, "127.0.0.1", port, 1, 2, 60, "127.0.0.1") == [1]
+        group = source.result()
+        manifest = BucketManifest.build(version, 0, True, named)
+        buffer = flatten(named, manifest)
+        if tamper:
+            tamper(buffer)
+        sent = pool.submit(group.broadcast, buffer)
+        try:
+            receive_into_vllm(llm, manifest, verify, "engine-under-test")
+        finally:
+            sent.result()
+            group.close()
+
+
+@pytest.mark.parametrize("multiprocessing", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_collective_receive_matches_transformers_and_refuses_corrupt_bytes(tmp_path, multiprocessing):
+    """sync.transport=collective's engine side: the engine's workers (in this process, or in vLLM's
+    engine process) join a gloo group with the sender and take a bucket by broadcast; the served
+    log-probs then equal the sender's model's. A bucket whose bytes changed in transit is refused
+    under sync.verify, naming the engine and the bucket's tensors."""
+    from transformers import AutoModelForCausalLM
+
+    path = build_tiny_model(str(tmp_path))
+    llm = _make_llm(path, multiprocessing=multiprocessing, worker_extension_cls=WORKER_EXTENSION)
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        _perturb(hf_model, seed=3)
+        named = [(n, p.detach()) for n, p in hf_model.named_parameters()]
+        _broadcast_sync(llm, named, version=1, verify=True)
+        assert _max_logprob_gap(llm, hf_model) < 1e-4
+
+        def flip_one_byte(buffer):
+            buffer[buffer.numel() // 2] ^= 1
+
+        with pytest.raises(Exception, match=r"engine-under-test: weight sync version 2, bucket 0: CRC32 .* "
+                                            r"corrupted in transit; the bucket holds \['model.embed_tokens.weight'"):
+            _broadcast_sync(llm, named, version=2, verify=True, tamper=flip_one_byte)
     finally:
         _shutdown(llm)

@@ -44,6 +44,19 @@ def check_weights_readable(folder: str | Path) -> None:
 
 def check_safetensors_header(path: Path) -> None:
     """The 8-byte header length, the JSON header, and every tensor's byte range inside the file."""
+    _read_header(path)
+
+
+def weight_shapes(folder: str | Path) -> dict[str, tuple[int, ...]] | None:
+    """name → shape of every tensor in the folder's safetensors files, from their headers; None when
+    the folder has none (a .bin checkpoint: its names are known only by loading it)."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        return None
+    return {name: tuple(t["shape"]) for f in files for name, t in _read_header(f).items() if name != "__metadata__"}
+
+
+def _read_header(path: Path) -> dict:
     size = path.stat().st_size
     with path.open("rb") as f:
         head = f.read(8)
@@ -66,6 +79,7 @@ def check_safetensors_header(path: Path) -> None:
         if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end <= data):
             raise WeightsError(f"{path}: tensor {name!r} lies outside the file's {data} data bytes "
                                f"(offsets {start}..{end}): the file is cut or corrupt")
+    return header
 
 
 def model_fingerprint(folder: str | Path) -> str:

@@ -9,11 +9,13 @@ What this relies on (checked against vllm 0.32 on CPU, V1 engine):
   repacking, quantization) and copies into the existing tensors, so the KV cache and any
   captured graphs stay valid. Calling `model.load_weights` directly on the live model fails
   in 0.32 (its weight loaders are wrapped for layerwise reload: AttributeError).
-* In-process engines (VLLM_ENABLE_V1_MULTIPROCESSING=0) get the tensors as-is through
-  `LLM.collective_rpc("reload_weights", ...)`. With multiprocessing, collective_rpc kwargs
-  cross a msgpack hop that turns tensors into plain lists, so there we send one
-  `torch.save` blob to a method added by `WeightSyncExtension`, which the engine must be
-  built with: `LLM(..., worker_extension_cls=WORKER_EXTENSION)`.
+* Loads run in the worker, through methods that `WeightSyncExtension` adds to vLLM's worker
+  class (the engine is built with `LLM(..., worker_extension_cls=WORKER_EXTENSION)`), called
+  by `LLM.collective_rpc`. In-process engines (VLLM_ENABLE_V1_MULTIPROCESSING=0) get the
+  tensors as-is. With multiprocessing (and with tensor-parallel workers on GPU), collective_rpc
+  arguments cross a msgpack hop that turns tensors into plain lists, so there we send one
+  `torch.save` blob; or, with `sync.transport=collective`, each worker joins the weight group
+  (rlhf_ray.sync.group) and receives the bucket's bytes by broadcast, in its own process.
 * The reload is layerwise: a fused vLLM layer is rebuilt from what one call supplies, so a
   call carrying q_proj but not k_proj/v_proj of the same layer corrupts that layer (we
   measured it). Layers that get nothing in a call keep their old values. Hence: send whole
@@ -31,6 +33,10 @@ from collections import defaultdict
 
 import torch
 
+from rlhf_ray.sync.buckets import unflatten
+from rlhf_ray.sync.group import WeightGroup
+from rlhf_ray.sync.manifest import BucketManifest, check_bucket
+
 WORKER_EXTENSION = "rlhf_ray.models.vllm_weights.WeightSyncExtension"
 
 # HF names that vLLM fuses into one parameter; all members must arrive together.
@@ -45,10 +51,52 @@ _RELOAD_LOGGERS = ("vllm.model_executor.model_loader.reload.layerwise",
 class WeightSyncExtension:
     """Mixed into vLLM's worker class by `worker_extension_cls`; runs in the worker process."""
 
-    def rlhf_ray_load_weights(self, payload: bytes) -> int:
-        named = torch.load(io.BytesIO(payload), weights_only=True, map_location="cpu")
-        self.reload_weights(weights_iterator=named)
+    def rlhf_ray_reload(self, named: list) -> int:
+        """In-process engines: the tensors themselves."""
+        _reload(self, named)
         return len(named)
+
+    def rlhf_ray_load_weights(self, payload: bytes) -> int:
+        """Engines in other processes: one torch.save blob of the bucket."""
+        named = torch.load(io.BytesIO(payload), weights_only=True, map_location="cpu")
+        _reload(self, named)
+        return len(named)
+
+    def rlhf_ray_join_weight_group(self, addr: str, port: int, first_rank: int, world_size: int,
+                                   timeout_s: float, local_addr: str) -> int:
+        """Joins the learner's weight group as rank ``first_rank`` + this worker's rank in the engine."""
+        old = getattr(self, "rlhf_ray_weight_group", None)
+        if old is not None:
+            old.close()
+        self.rlhf_ray_weight_group = WeightGroup(addr, port, first_rank + self.rank, world_size, timeout_s, local_addr)
+        return self.rlhf_ray_weight_group.rank
+
+    def rlhf_ray_receive_bucket(self, manifest: dict, verify: bool, engine: str) -> int:
+        """One bucket by broadcast from the learner, checked against its manifest, then loaded."""
+        m = BucketManifest.from_dict(manifest)
+        group = self.rlhf_ray_weight_group
+        buffer = torch.empty(m.nbytes, dtype=torch.uint8, device=group.device)
+        group.broadcast(buffer)
+        named = unflatten(buffer, m)
+        check_bucket(m, named, verify, engine)
+        _reload(self, named)
+        return len(named)
+
+
+def _reload(worker, named: list[tuple[str, torch.Tensor]]) -> None:
+    """vLLM's layerwise in-place reload of ``named`` (HF names), the tied head added, fused groups whole."""
+    hf_config = worker.vllm_config.model_config.hf_config
+    named = with_tied_head(getattr(hf_config, "tie_word_embeddings", False), list(named))
+    _check_fused_groups([n for n, _ in named])
+    logs = [logging.getLogger(name) for name in _RELOAD_LOGGERS]
+    quiet = _DropPartialLoadWarnings()
+    for log in logs:
+        log.addFilter(quiet)
+    try:
+        worker.reload_weights(weights_iterator=named)
+    finally:
+        for log in logs:
+            log.removeFilter(quiet)
 
 
 def _check_fused_groups(names: list[str]) -> None:
@@ -80,18 +128,19 @@ def _is_in_process(llm) -> bool:
     return type(llm.llm_engine.engine_core).__name__ == "InprocClient"
 
 
-def _has_extension(llm) -> bool:
-    return llm.llm_engine.vllm_config.parallel_config.worker_extension_cls == WORKER_EXTENSION
+def _check_extension(llm) -> None:
+    if llm.llm_engine.vllm_config.parallel_config.worker_extension_cls != WORKER_EXTENSION:
+        raise RuntimeError(f"build the engine with LLM(..., worker_extension_cls={WORKER_EXTENSION!r}): weight "
+                           "updates run in vLLM's workers through the methods it adds")
 
 
-def _with_tied_head(llm, named_tensors):
+def with_tied_head(tied: bool, named_tensors: list) -> list:
     """Adds `lm_head.weight` beside the input embedding when the model ties them.
 
     A trainer's `named_parameters()` lists a tied weight once, under the embedding's name; vLLM
     skips `lm_head.weight` when loading a tied model yet keeps a separately packed copy of the head
     on CPU, which is rebuilt only when the head's layer is given weights in the same call."""
-    hf_config = llm.llm_engine.model_config.hf_config
-    if not getattr(hf_config, "tie_word_embeddings", False):
+    if not tied:
         return named_tensors
     names = {n for n, _ in named_tensors}
     embed = [t for n, t in named_tensors if n.endswith("embed_tokens.weight")]
@@ -106,34 +155,38 @@ def load_weights_into_vllm(llm, named_tensors: list[tuple[str, torch.Tensor]]) -
     Tensors may be any dtype/device; vLLM casts into its own parameters. Must not be called
     while requests are in flight (LLM.generate is synchronous, so between calls is fine).
     """
-    named_tensors = _with_tied_head(llm, [(str(n), t.detach()) for n, t in named_tensors])
+    _check_extension(llm)
+    named_tensors = [(str(n), t.detach()) for n, t in named_tensors]
     if not named_tensors:
         return
-    _check_fused_groups([n for n, _ in named_tensors])
+    _check_fused_groups([n for n, _ in named_tensors])  # here too: fail in the caller's process, not a worker's
     if _is_in_process(llm):
-        logs = [logging.getLogger(name) for name in _RELOAD_LOGGERS]
-        quiet = _DropPartialLoadWarnings()
-        for log in logs:
-            log.addFilter(quiet)
-        try:
-            llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named_tensors})
-        finally:
-            for log in logs:
-                log.removeFilter(quiet)
-    elif _has_extension(llm):
+        llm.collective_rpc("rlhf_ray_reload", args=(named_tensors,))
+    else:
         buf = io.BytesIO()
         torch.save([(n, t.cpu()) for n, t in named_tensors], buf)
         llm.collective_rpc("rlhf_ray_load_weights", args=(buf.getvalue(),))
-    else:
-        raise RuntimeError(
-            "This vLLM engine runs its workers in other processes, where tensors cannot be "
-            "passed through collective_rpc. Build it with "
-            f"LLM(..., worker_extension_cls={WORKER_EXTENSION!r}) or set "
-            "VLLM_ENABLE_V1_MULTIPROCESSING=0 before creating it."
-        )
+    reset_prefix_cache(llm)
+
+
+def join_weight_group(llm, addr: str, port: int, first_rank: int, world_size: int, timeout_s: float,
+                      local_addr: str) -> list[int]:
+    """Every worker of the engine joins the weight group (ranks first_rank, first_rank + 1, ...)."""
+    _check_extension(llm)
+    return llm.collective_rpc("rlhf_ray_join_weight_group",
+                              args=(addr, port, first_rank, world_size, timeout_s, local_addr))
+
+
+def receive_into_vllm(llm, manifest: BucketManifest, verify: bool, engine: str) -> None:
+    """One bucket by broadcast into every worker of the engine (each holds its tensor-parallel shard)."""
+    llm.collective_rpc("rlhf_ray_receive_bucket", args=(manifest.to_dict(), verify, engine))
+    if manifest.last:
+        reset_prefix_cache(llm)
+
+
+def reset_prefix_cache(llm) -> None:
     if not llm.reset_prefix_cache():
         raise RuntimeError("vLLM refused to reset its prefix cache after a weight update")
-
 
 
 def vllm_named_parameters(llm) -> list[tuple[str, torch.Tensor]]:

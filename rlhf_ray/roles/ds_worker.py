@@ -6,7 +6,6 @@ local rank is always 0; ranks meet over NCCL on GPUs and gloo on CPU, at the add
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import socket
@@ -19,6 +18,7 @@ from rlhf_ray.checkpoint import rng_state, safe_checkpoint_engine, set_rng_state
 from rlhf_ray.batch import Batch, batch_size, micro_batches, select
 from rlhf_ray.config import Config, TrainableRole
 from rlhf_ray.models.loading import load_tokenizer
+from rlhf_ray.rendezvous import bind, is_loopback, tcp_store
 from rlhf_ray.roles.base import Worker
 from rlhf_ray.roles.grad_norm import step_grad_norm
 
@@ -39,7 +39,7 @@ class DeepSpeedWorker(Worker):
         addr = ray.util.get_node_ip_address()
         if self._store_socket is not None:
             self._store_socket.close()
-        self._store_socket = _bind(addr, 0)
+        self._store_socket = bind(addr)
         return addr, self._store_socket.getsockname()[1]
 
     def setup_distributed(self, addr: str, port: int) -> None:
@@ -52,18 +52,12 @@ class DeepSpeedWorker(Worker):
 
         os.environ.update(MASTER_ADDR=addr, MASTER_PORT=str(port), RANK=str(self.rank),
                           WORLD_SIZE=str(self.world_size), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
-        if _is_loopback(addr):
+        if is_loopback(addr):
             os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
             os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        listen_fd = None
-        if self.rank == 0:
-            held, self._store_socket = self._store_socket, None
-            if held is None or held.getsockname()[1] != port:  # not the port master_address reserved
-                held = _bind(addr, port)
-            listen_fd = held.detach()  # the store's server owns the socket from here on
-        store = torch.distributed.TCPStore(addr, port, self.world_size, is_master=self.rank == 0,
-                                           timeout=default_pg_timeout, master_listen_fd=listen_fd)
+        held, self._store_socket = self._store_socket, None  # the port master_address reserved (rank 0)
+        store = tcp_store(addr, port, self.world_size, self.rank, default_pg_timeout.total_seconds(), held)
         torch.distributed.init_process_group(backend, store=store, rank=self.rank, world_size=self.world_size,
                                              timeout=default_pg_timeout)
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)  # adopts the group above
@@ -229,16 +223,3 @@ class DeepSpeedWorker(Worker):
         self._updates = state["updates"]
         set_rng_state(state["rng"])
         return self._updates
-
-
-def _bind(addr: str, port: int) -> socket.socket:
-    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
-    s.bind((addr, port))
-    return s
-
-
-def _is_loopback(addr: str) -> bool:
-    try:
-        return ipaddress.ip_address(addr).is_loopback
-    except ValueError:  # a host name: resolved by torch, not on loopback as far as we know
-        return False

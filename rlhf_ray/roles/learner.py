@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 
 import ray
@@ -14,8 +13,11 @@ from rlhf_ray.algos.offline import kto_objective, kto_reference_point_distribute
 from rlhf_ray.batch import Batch, select
 from rlhf_ray.models.forward import response_logprobs, sequence_logprobs
 from rlhf_ray.models.loading import load_causal_lm
-from rlhf_ray.models.wire import to_wire
+from rlhf_ray.rendezvous import bind
 from rlhf_ray.roles.ds_worker import DeepSpeedWorker
+from rlhf_ray.sync.buckets import layer_buckets
+from rlhf_ray.sync.group import WeightGroup
+from rlhf_ray.sync.send import BucketSender
 
 
 class PolicyLearner(DeepSpeedWorker):
@@ -98,48 +100,55 @@ class PolicyLearner(DeepSpeedWorker):
         metrics["compute_s"] = time.perf_counter() - start
         return {f"learner/{k}": v for k, v in metrics.items()}
 
-    # -- weight sync
-    def push_weights(self, engines: list, version: int, bucket_mb: float) -> dict[str, float]:
-        """Gathers full weights (ZeRO-3 needs every rank to join) and, on rank 0, sends them to all
-        rollout engines in buckets of about ``bucket_mb`` MiB: one object-store put and one remote
-        call per bucket per engine, never one per parameter."""
+    # -- weight sync (rlhf_ray.sync)
+    def weight_group_address(self) -> tuple[str, int]:
+        """Where the weight-sync group meets (rank 0): this node's address and a port held bound on it."""
+        addr = ray.util.get_node_ip_address()
+        self._weight_socket = bind(addr)
+        return addr, self._weight_socket.getsockname()[1]
+
+    def join_weight_group(self, addr: str, port: int, world_size: int) -> None:
+        """Rank 0 becomes the source (rank 0) of a new weight group with the engines' workers."""
+        if self.rank != 0:
+            return
+        if getattr(self, "weight_group", None) is not None:
+            self.weight_group.close()
+        held, self._weight_socket = self._weight_socket, None
+        self.weight_group = WeightGroup(addr, port, 0, world_size, self.cfg.sync.group_timeout_s, addr, held)
+
+    def push_weights(self, engines: list, version: int) -> dict[str, float]:
+        """Gathers full weights (ZeRO-3 needs every rank to join) and, on rank 0, sends them to every
+        rollout engine in layer-aligned buckets of about sync.bucket_mb MiB by sync.transport: one
+        object-store put or one broadcast per bucket, never one call per parameter."""
+        start = time.perf_counter()
+        sync = self.cfg.sync
+        named = self._full_parameters(to_host=sync.transport == "object_store")
+        if self.rank != 0:
+            for _ in named:  # joins rank 0's gathers
+                pass
+            return {}
+        sender = BucketSender(engines, version, self.weight_group if sync.transport == "collective" else None,
+                              checksum=sync.verify or not torch.cuda.is_available())
+        for bucket, last in layer_buckets(named, sync.bucket_mb * 2**20):
+            sender.send(bucket, last)
+        sender.finish()
+        seconds = time.perf_counter() - start
+        return {"sync/bytes": float(sender.bytes), "sync/buckets": float(sender.buckets), "sync/seconds": seconds,
+                "sync/bytes_per_s": sender.bytes / seconds if seconds else 0.0}
+
+    def _full_parameters(self, to_host: bool):
+        """(name, full tensor) of every parameter in order on rank 0, (name, None) on the others; under
+        ZeRO-3 each is gathered from all ranks while it is taken."""
         import deepspeed
 
-        start = time.perf_counter()
         zero3 = self.role_cfg.zero_stage == 3
-        limit = bucket_mb * 2**20
-        pending, bucket, size, sent = [], [], 0, 0
-
-        def flush(last: bool):
-            nonlocal bucket, size, sent
-            ref = ray.put(bucket)
-            pending.extend(e.load_weights.remote(ref, version, last) for e in engines)
-            sent += size
-            bucket, size = [], 0
-
-        params = list(self.module.named_parameters())
-        for i, (name, p) in enumerate(params):
+        for name, p in self.module.named_parameters():
             with deepspeed.zero.GatheredParameters([p], enabled=zero3):
-                if self.rank == 0:
-                    # A CPU parameter goes as a view: ray.put copies it before the next update. A
-                    # gathered ZeRO-3 parameter is freed at the end of this block, so it is copied.
-                    t = p.detach().to("cpu", copy=zero3)
-                    bucket.append((name, *to_wire(t)))
-                    size += t.numel() * t.element_size()
-            # Cut buckets only between layers: vLLM rebuilds a fused q/k/v or gate/up layer from
-            # one call's tensors, so splitting a layer across buckets would corrupt it.
-            at_layer_end = i + 1 == len(params) or _layer_of(params[i + 1][0]) != _layer_of(name)
-            if self.rank == 0 and size >= limit and at_layer_end:
-                flush(last=False)
-        if self.rank == 0:
-            flush(last=True)
-            ray.get(pending)
-        seconds = time.perf_counter() - start
-        return {"sync/bytes": float(sent), "sync/seconds": seconds,
-                "sync/bytes_per_s": sent / seconds if seconds else 0.0}
-
-
-def _layer_of(name: str) -> str:
-    """'model.layers.3.self_attn.q_proj.weight' → 'model.layers.3'; other names stand alone."""
-    m = re.match(r"^(.*?\.layers\.\d+)\.", name)
-    return m.group(1) if m else name
+                if self.rank != 0:
+                    yield name, None
+                # A host tensor goes as a view (the bucket is copied out before the next update); a
+                # gathered ZeRO-3 parameter is freed when this block ends, so it is copied.
+                elif to_host:
+                    yield name, p.detach().to("cpu", copy=zero3)
+                else:
+                    yield name, p.detach().clone() if zero3 else p.detach()

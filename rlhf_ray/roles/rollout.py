@@ -1,14 +1,16 @@
 """The rollout: a generation engine (vLLM; transformers as a slow fallback) inside one actor.
 
 It returns token ids and the log-probs of the sampled tokens, and takes versioned weight updates
-from the learner in buckets. vLLM runs in-process (no engine subprocess) so that the weights can be
+from the learner in buckets, through the object store or a broadcast group (rlhf_ray.sync). vLLM runs in-process (no engine subprocess) so that the weights can be
 reloaded with a direct call, on CPU and on a single GPU alike.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from pathlib import Path
 
 import ray
 import torch
@@ -16,10 +18,15 @@ import torch
 from rlhf_ray.algos.masked import logprobs_from_logits
 from rlhf_ray.batch import build_batch
 from rlhf_ray.models.forward import response_logprobs
+from rlhf_ray.models.headers import weight_shapes
 from rlhf_ray.models.loading import check_model_folder, load_causal_lm
-from rlhf_ray.models.vllm_weights import load_weights_into_vllm, vllm_prompt_logprobs
+from rlhf_ray.models.vllm_weights import (WORKER_EXTENSION, join_weight_group, load_weights_into_vllm,
+                                          receive_into_vllm, vllm_prompt_logprobs)
 from rlhf_ray.models.wire import unpack
 from rlhf_ray.roles.base import Worker
+from rlhf_ray.sync.buckets import unflatten
+from rlhf_ray.sync.group import WeightGroup
+from rlhf_ray.sync.manifest import BucketManifest, SyncReceipt, check_bucket
 
 
 CPU_MAX_SEQS = 256  # requests decoded together on the CPU backend
@@ -33,6 +40,9 @@ class Rollout(Worker):
         self.model_path = model_path
         rc, mc = self.cfg.rollout, self.cfg.model
         self.max_len = mc.max_prompt_tokens + rc.max_new_tokens
+        check_model_folder(model_path)
+        tied = bool(json.loads((Path(model_path) / "config.json").read_text()).get("tie_word_embeddings", False))
+        self.receipt = SyncReceipt(f"rollout-{self.rank}", weight_shapes(model_path), tied)
         if rc.backend == "hf":
             self.engine = HFEngine(load_causal_lm(model_path, getattr(torch, mc.dtype)).to(self.device))
             return 0
@@ -43,7 +53,6 @@ class Rollout(Worker):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(rc.cpu_kv_cache_gib))))
         from vllm import LLM
 
-        check_model_folder(model_path)
         # vLLM rewinds a seeded request's generator when its prompt is prefilled in parts (chunked
         # prefill), which CPU generators cannot do ("CPU Generator does not use offset"): on CPU the
         # token budget of a step holds every running request's whole sequence, so none is split.
@@ -53,6 +62,7 @@ class Rollout(Worker):
                           max_model_len=self.max_len, tensor_parallel_size=rc.tensor_parallel_size, **budget,
                           gpu_memory_utilization=rc.gpu_memory_utilization,
                           enable_prefix_caching=rc.enable_prefix_caching, disable_log_stats=True,
+                          worker_extension_cls=WORKER_EXTENSION,  # weight updates run in vLLM's workers
                           # log-probs after temperature scaling, as the learner computes them
                           logprobs_mode="processed_logprobs")
         return 0
@@ -89,17 +99,43 @@ class Rollout(Worker):
             reasons.append(c.finish_reason)
         return {"response_ids": ids, "logprobs": logps, "finish_reasons": reasons}
 
-    # -- weight sync
-    def load_weights(self, bucket: list[tuple], version: int, last: bool) -> int:
-        """One bucket of new weights (see rlhf_ray.models.wire); the version is set once the last
-        bucket is in."""
-        named_tensors = unpack(bucket)
+    # -- weight sync (rlhf_ray.sync): every bucket checked against its manifest and this engine's model
+    def load_weights(self, manifest: BucketManifest, bucket: list[tuple]) -> int:
+        """sync.transport=object_store: one bucket of (name, array, dtype) entries from the object store
+        (rlhf_ray.models.wire). The version is set once the last bucket is in."""
+        self.receipt.accept(manifest)
+        named = unpack(bucket)
+        check_bucket(manifest, named, self.cfg.sync.verify, self.receipt.engine)
         if isinstance(self.engine, HFEngine):
-            self.engine.load_weights(named_tensors)
+            self.engine.load_weights(named)
         else:
-            load_weights_into_vllm(self.engine, named_tensors)
-        if last:
-            self.version = version
+            load_weights_into_vllm(self.engine, named)
+        return self._bucket_done(manifest)
+
+    def join_weight_group(self, addr: str, port: int, world_size: int, first_ranks: dict[int, int]) -> int:
+        """sync.transport=collective: this engine's workers join the learner's weight group as ranks
+        first_ranks[rank], +1, ... (one per tensor-parallel worker)."""
+        args = (addr, port, first_ranks[self.rank], world_size, self.cfg.sync.group_timeout_s,
+                ray.util.get_node_ip_address())
+        if isinstance(self.engine, HFEngine):
+            self.engine.join_weight_group(*args)
+        else:
+            join_weight_group(self.engine, *args)
+        return first_ranks[self.rank]
+
+    def receive_weights(self, manifest: BucketManifest) -> int:
+        """sync.transport=collective: one bucket by broadcast from the learner, into every worker."""
+        self.receipt.accept(manifest)
+        if isinstance(self.engine, HFEngine):
+            self.engine.receive(manifest, self.cfg.sync.verify, self.receipt.engine)
+        else:
+            receive_into_vllm(self.engine, manifest, self.cfg.sync.verify, self.receipt.engine)
+        return self._bucket_done(manifest)
+
+    def _bucket_done(self, manifest: BucketManifest) -> int:
+        if manifest.last:
+            self.receipt.finish()
+            self.version = manifest.version
         return self.version
 
     def get_version(self) -> int:
@@ -147,3 +183,13 @@ class HFEngine:
         with torch.no_grad():
             for name, t in named_tensors:
                 params[name].copy_(t)
+
+    def join_weight_group(self, addr, port, rank, world_size, timeout_s, local_addr) -> None:
+        self.weight_group = WeightGroup(addr, port, rank, world_size, timeout_s, local_addr)
+
+    def receive(self, manifest: BucketManifest, verify: bool, engine: str) -> None:
+        buffer = torch.empty(manifest.nbytes, dtype=torch.uint8, device=self.weight_group.device)
+        self.weight_group.broadcast(buffer)
+        named = unflatten(buffer, manifest)
+        check_bucket(manifest, named, verify, engine)
+        self.load_weights(named)

@@ -25,6 +25,7 @@ class OnlineController(Controller):
     def __init__(self, inputs: PromptInputs, roles: tuple[str, ...] | None = None):
         super().__init__(inputs, roles)
         self.train_set, self.eval_set = inputs.train_set, inputs.eval_set
+        self.weight_group_members: list | None = None  # actors of the current weight group (sync.transport=collective)
 
     def generate(self, prompt_ids: list[list[int]], greedy: bool, seed: int) -> dict:
         """Prompts go to the rollout engine with the least outstanding work; answers come back in order."""
@@ -66,6 +67,7 @@ class OnlineController(Controller):
               f"({time.perf_counter() - start:.1f}s)", flush=True)
         return {"eval/accuracy": acc, "time/eval": time.perf_counter() - start}
 
+
     def sync_weights(self, version: int) -> dict[str, float]:
         """Learner → every rollout engine; fails unless every engine then serves ``version``."""
         self.version = version
@@ -76,8 +78,32 @@ class OnlineController(Controller):
         return sync
 
     def push_weights(self, engines: list, what: str) -> dict[str, float]:
-        refs = self.learner.call(PolicyLearner.push_weights, engines, self.version, self.cfg.sync.bucket_mb)
+        """The learner's current weights to ``engines`` (a broadcast reaches the whole weight group:
+        there, every engine)."""
+        if self.cfg.sync.transport == "collective":
+            engines = self.rollout.actors
+            self.ensure_weight_group()
+        refs = self.learner.call(PolicyLearner.push_weights, engines, self.version)
         return self.learner.get(refs, what)[0]
+
+    def ensure_weight_group(self) -> None:
+        """The broadcast group of the learner's rank 0 and every engine worker, made anew whenever its
+        members changed (an actor restarted, an engine dropped): a group cannot change its members."""
+        members = [self.learner.actors[0], *self.rollout.actors]
+        if self.weight_group_members == members:
+            return
+        tp = self.cfg.rollout.tensor_parallel_size
+        # An engine's workers take consecutive ranks after the learner's 0; keyed by the engine's own
+        # rank, which it keeps when others are dropped from the group.
+        ranks = [who["rank"] for who in self.rollout.get(self.rollout.call(Rollout.identity), "engine ranks")]
+        first_ranks = {rank: 1 + i * tp for i, rank in enumerate(ranks)}
+        world_size = 1 + tp * len(first_ranks)
+        addr, port = self.learner.get(self.learner.call_ranks(PolicyLearner.weight_group_address, [0]),
+                                      "weight group address")[0]
+        joins = (self.learner.call(PolicyLearner.join_weight_group, addr, port, world_size)
+                 + self.rollout.call(Rollout.join_weight_group, addr, port, world_size, first_ranks))
+        self.rollout.get(joins, "weight group rendezvous")
+        self.weight_group_members = members
 
     def after_restart(self, role: str, ranks: list[int]) -> None:
         if role == "rollout" and self.version > 0:  # a new engine starts from the initial weights
