@@ -65,7 +65,7 @@ def gpu_from_names(*names: str) -> str | None:
             return INSTANCES[n][0]
         if n in ACCELERATORS:
             return ACCELERATORS[n]
-        m = re.search(r"(A100|H100|H200|V100)\D*?(\d+)\s*GB", n, re.I)
+        m = re.search(r"(A100|H100|H200|V100).*?(\d+)\s*GB", n, re.I)
         if m and f"{m[1].upper()}-{m[2]}GB" in GPU_GIB:
             return f"{m[1].upper()}-{m[2]}GB"
     return None
