@@ -1,4 +1,4 @@
-"""`rlhf-ray` command line: train, best-of-n, prepare-model, config-doc, serve-reward.
+"""`rlhf-ray` command line: train, plan, best-of-n, prepare-model, config-doc, serve-reward.
 
 Configuration never goes through argparse flags: a YAML file plus `a.b=c` overrides, checked by the
 one schema in rlhf_ray.config.
@@ -45,6 +45,19 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from rlhf_ray.plan import make_plan, plan_nodes, render
+    from rlhf_ray.preflight import preflight_submit
+
+    path, overrides = _split_config_args(args.config)
+    cfg = load_config(path, overrides)
+    preflight_submit(cfg, fit=False)  # the inputs checked without starting a model; the fit is printed below
+    nodes, where = plan_nodes(cfg, args.cluster, args.gpu_memory_gib)
+    result = make_plan(cfg, nodes, where)
+    print(render(result, path or "the default config"))
+    return 2 if result.problems else 0
+
+
 def cmd_best_of_n(args) -> int:
     from rlhf_ray.trainers.best_of_n import run_best_of_n
 
@@ -74,7 +87,7 @@ def cmd_submit(args) -> int:
     env = dict(item.split("=", 1) for item in args.env)
     cfg = load_config(path, overrides)
     with contextlib.chdir(args.working_dir):  # data files and reward modules as the job will find them
-        preflight_submit(cfg)
+        preflight_submit(cfg, cluster=args.cluster, gpu_gib=args.gpu_memory_gib)
     job_id = jobs.submit(path, overrides, args.address, args.working_dir, args.requirements, env, args.job_id)
     address = jobs.dashboard_address(args.address)
     login = " (it asks for the cluster's token once: docs/security.md)" if jobs.auth_mode(address) == "token" else ""
@@ -138,12 +151,25 @@ def cmd_serve_reward(args) -> int:
     return 0
 
 
+def _fit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", default=None, metavar="FILE", help=(
+        "cluster file (Ray cluster launcher or KubeRay) to plan for; default ray.cluster_config, else the "
+        "running cluster ray.address names, else this machine"))
+    p.add_argument("--gpu-memory-gib", type=float, default=None, metavar="N",
+                   help="memory of each GPU, when the cluster file's instance type or accelerator does not tell")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlhf-ray", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="run a training job: [CONFIG.yaml] [key=value ...]")
     p.add_argument("config", nargs="*", help="optional YAML file, then a.b=c overrides")
     p.set_defaults(fn=cmd_train)
+    p = sub.add_parser("plan", help="check the inputs and print which actor goes where and its memory: "
+                                    "[CONFIG.yaml] [key=value ...] [--cluster FILE]")
+    p.add_argument("config", nargs="*", help="optional YAML file, then a.b=c overrides")
+    _fit_args(p)
+    p.set_defaults(fn=cmd_plan)
     p = sub.add_parser("best-of-n", help="sample n responses per prompt, keep the best by reward: [CONFIG.yaml] [key=value ...]")
     p.add_argument("config", nargs="*", help="optional YAML file, then a.b=c overrides")
     p.set_defaults(fn=cmd_best_of_n)
@@ -159,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable for the job")
     p.add_argument("--job-id", default=None, help="submission id (default: generated)")
     p.add_argument("--follow", action="store_true", help="print the logs until the job ends")
+    _fit_args(p)
     p.set_defaults(fn=cmd_submit)
     p = sub.add_parser("jobs", help="list jobs, or show the logs/status of one, or stop it")
     p.add_argument("action", choices=["list", "logs", "status", "stop"])

@@ -62,22 +62,93 @@ def _sum(cfg: Config, roles: list[str]) -> dict[str, float]:
     return out
 
 
+@dataclass
+class Placed:
+    """One actor where the packing put it: node index, and the GPUs of that node it uses (index, share)."""
+    role: str
+    rank: int
+    node: int
+    gpus: list[tuple[int, float]]
+
+
 def check_feasible(cfg: Config, nodes: list[dict[str, float]], roles: list[str] | None = None,
                    where: str = "the cluster") -> None:
-    """Packs every bundle onto the nodes (first fit, largest first); raises with what is asked and
-    what is there when they do not fit. ``nodes`` are resource dicts, e.g. from ``cluster_nodes()``."""
+    """Raises with what is asked and what is there when the layout does not fit ``nodes`` (resource
+    dicts, e.g. from ``cluster_nodes()``); see ``assign``."""
+    assign(cfg, nodes, roles, where)
+
+
+def assign(cfg: Config, nodes: list[dict[str, float]], roles: list[str] | None = None,
+           where: str = "the cluster") -> list[Placed]:
+    """Packs every bundle onto the nodes, first fit, largest first (each group whole under STRICT_PACK,
+    its bundles on distinct nodes under STRICT_SPREAD, on a node it has not used yet when one fits under
+    SPREAD), and each bundle's GPUs onto the node's devices as Ray shares them: a whole GPU per unit,
+    a fraction on one device with room for it. Returns every actor's node and devices: one placement
+    Ray may choose, not necessarily the one it will. Raises InfeasibleLayout naming the bundle left over."""
     plans = plan(cfg, roles)
     free = [dict(n) for n in nodes]
-    strict_pack = cfg.placement.strategy == "STRICT_PACK"
-    items = [(p, [b]) for p in plans for b in p.bundles] if not strict_pack else [
-        (p, [_total(p.bundles)]) for p in plans]
-    items.sort(key=lambda it: (-it[1][0]["GPU"], -it[1][0]["CPU"]))
-    for p, (bundle,) in items:
-        node = next((n for n in free if all(n.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items())), None)
-        if node is None:
-            raise InfeasibleLayout(_explain(plans, nodes, p, bundle, where))
-        for k, v in bundle.items():
-            node[k] = node.get(k, 0.0) - v
+    devices = [{i: 1.0 for i in range(int(n.get("GPU", 0) + 1e-9))} for n in nodes]
+    strategy = cfg.placement.strategy
+    items = [(p, [b]) for p in plans for b in p.bundles] if strategy != "STRICT_PACK" else [
+        (p, p.bundles) for p in plans]
+    items.sort(key=lambda it: (-_total(it[1])["GPU"], -_total(it[1])["CPU"]))
+    used: dict[int, set[int]] = {}  # id(group) -> nodes its bundles went to
+    taken: dict[int, list] = {}  # id(group) -> [(node, its GPUs)] per bundle (a group's bundles are alike)
+    for p, bundles in items:
+        seen = used.setdefault(id(p), set())
+        order = sorted(range(len(nodes)), key=lambda i: i in seen) if strategy == "SPREAD" else range(len(nodes))
+        for i in order:
+            if strategy == "STRICT_SPREAD" and i in seen:
+                continue
+            gpus = _fit(free[i], devices[i], bundles)
+            if gpus is not None:
+                break
+        else:
+            asked = _total(bundles) if strategy == "STRICT_PACK" else bundles[0]
+            raise InfeasibleLayout(_explain(plans, nodes, p, asked, where))
+        seen.add(i)
+        taken.setdefault(id(p), []).extend((i, g) for g in gpus)
+    out = []
+    for p in plans:
+        for rank, (node, bundle_gpus) in enumerate(sorted(taken[id(p)], key=lambda t: t[0])):
+            share = dict(bundle_gpus)
+            for r in p.roles:
+                g = _take(share, getattr(cfg, r).num_gpus_per_actor) or []
+                out.append(Placed(r, rank, node, g))
+    return out
+
+
+def _fit(free: dict[str, float], devices: dict[int, float], bundles: list[dict[str, float]]):
+    """The GPUs (index, share) each bundle takes on this node, taken from ``free``/``devices``; None if not all fit."""
+    total = {k: sum(b.get(k, 0.0) for b in bundles) for b in bundles for k in b}
+    if not all(free.get(k, 0.0) + 1e-9 >= v for k, v in total.items()):
+        return None
+    trial = dict(devices)
+    gpus = [_take(trial, b["GPU"]) for b in bundles]
+    if any(g is None for g in gpus):
+        return None
+    devices.update(trial)
+    for k, v in total.items():
+        free[k] = free.get(k, 0.0) - v
+    return gpus
+
+
+def _take(devices: dict[int, float], amount: float) -> list[tuple[int, float]] | None:
+    """``amount`` GPUs from ``devices`` (index -> free share): whole free devices for its integer part, the
+    fraction on the first device with that much left. Takes them from ``devices``; None if they are not there."""
+    whole, frac = int(amount + 1e-9), amount - int(amount + 1e-9)
+    got = [(i, 1.0) for i, f in devices.items() if f >= 1.0 - 1e-9][:whole]
+    if len(got) < whole:
+        return None
+    rest = {i: f for i, f in devices.items() if i not in dict(got)}
+    if frac > 1e-9:
+        i = next((i for i, f in rest.items() if f + 1e-9 >= frac), None)
+        if i is None:
+            return None
+        got.append((i, frac))
+    for i, a in got:
+        devices[i] -= a
+    return got
 
 
 def _total(bundles: list[dict[str, float]]) -> dict[str, float]:
@@ -105,34 +176,41 @@ def _explain(plans, nodes, failed: GroupPlan, bundle, where: str) -> str:
 def nodes_from_cluster_file(path: str) -> list[dict[str, float]]:
     """The largest set of nodes a cluster file can bring up (Ray cluster launcher or KubeRay), as
     resource dicts for ``check_feasible``; raises naming the file and the missing field."""
+    return [dict(res) for _, count, res, _ in cluster_file_groups(path) for _ in range(count)]
+
+
+def cluster_file_groups(path: str) -> list[tuple[str, int, dict[str, float], dict]]:
+    """(node type or worker group name, most nodes of it, each one's resources, its YAML section) per
+    kind of node of a cluster file, head first for KubeRay; rlhf_ray.hardware reads the sections."""
     doc = yaml.safe_load(Path(path).read_text())
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: not a YAML mapping")
     if doc.get("kind") == "RayJob":
-        return _kuberay_nodes(_require(doc, "spec.rayClusterSpec", path), path)
+        return _kuberay_groups(_require(doc, "spec.rayClusterSpec", path), path)
     if doc.get("kind") == "RayCluster":
-        return _kuberay_nodes(_require(doc, "spec", path), path)
+        return _kuberay_groups(_require(doc, "spec", path), path)
     types = _require(doc, "available_node_types", path)
     head = _require(doc, "head_node_type", path)
     for key in ("cluster_name", "provider", "max_workers"):
         _require(doc, key, path)
     if head not in types:
         raise ValueError(f"{path}: head_node_type {head!r} is not one of available_node_types {sorted(types)}")
-    nodes = []
+    groups = []
     for name, t in types.items():
         res = _require(t, "resources", f"{path} available_node_types.{name}")
         count = 1 if name == head else int(t.get("max_workers", 0))
-        nodes += [{"CPU": 0.0, "GPU": 0.0, **{k: float(v) for k, v in res.items()}} for _ in range(count)]
-    return nodes
+        groups.append((name, count, {"CPU": 0.0, "GPU": 0.0, **{k: float(v) for k, v in res.items()}}, t))
+    return groups
 
 
-def _kuberay_nodes(spec: dict, path: str) -> list[dict[str, float]]:
+def _kuberay_groups(spec: dict, path: str) -> list[tuple[str, int, dict[str, float], dict]]:
     head = _require(spec, "headGroupSpec", path)
-    nodes = [_pod_resources(head, f"{path} headGroupSpec")]
+    groups = [("head", 1, _pod_resources(head, f"{path} headGroupSpec"), head)]
     for i, group in enumerate(spec.get("workerGroupSpecs", [])):
         count = int(group.get("maxReplicas", group.get("replicas", 1)))
-        nodes += [_pod_resources(group, f"{path} workerGroupSpecs[{i}]")] * count
-    return nodes
+        groups.append((group.get("groupName", f"workers{i}"), count,
+                       _pod_resources(group, f"{path} workerGroupSpecs[{i}]"), group))
+    return groups
 
 
 def _pod_resources(group: dict, where: str) -> dict[str, float]:

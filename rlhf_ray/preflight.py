@@ -22,8 +22,10 @@ from pathlib import Path
 from rlhf_ray.checkpoint import resolve_resume, verify
 from rlhf_ray.config import Config
 from rlhf_ray.data.files import read_table
+from rlhf_ray.hardware import local_gpus
 from rlhf_ray.models.headers import check_weights_readable, model_fingerprint
 from rlhf_ray.layout import check_feasible
+from rlhf_ray.plan import check_fit
 from rlhf_ray.reward_functions import check_scores, import_reward_function
 from rlhf_ray.rundir import check_resume, check_run_dir
 from rlhf_ray.tasks.arithmetic import make_arithmetic_split
@@ -60,10 +62,13 @@ def preflight(cfg: Config, model_paths: dict[str, str | None], sample: dict | No
     return result
 
 
-def preflight_submit(cfg: Config, echo=print) -> list[str]:
+def preflight_submit(cfg: Config, echo=print, cluster: str | None = None, gpu_gib: float | None = None,
+                     fit: bool = True) -> list[str]:
     """The checks that hold on the submitting machine: data files (every row), the reward function
     (from the working directory that is uploaded), model folders that exist here, environment
-    variables. The job's driver runs the whole preflight on the cluster before its actors start."""
+    variables, and (``fit``) when a cluster file is named (``cluster`` or ray.cluster_config) the
+    memory plan against it (rlhf_ray.plan: DoesNotFit names what is over). The job's driver runs the
+    whole preflight on the cluster before its actors start."""
     for path in (cfg.task.train_file, cfg.task.eval_file, cfg.offline.train_file, cfg.offline.eval_file):
         if path and "://" not in path and not path.startswith("datasets:"):
             read_table(path)
@@ -72,6 +77,8 @@ def preflight_submit(cfg: Config, echo=print) -> list[str]:
         if path and os.path.isdir(path):
             check_weights_readable(path)
     warnings = [*cfg.unused_settings(), *check_environment(cfg, where="the cluster's nodes")]
+    if fit and (cluster or cfg.ray.cluster_config):
+        warnings += check_fit(cfg, cluster, gpu_gib).warnings
     for w in warnings:
         echo(f"[preflight] warning: {w}")
     return warnings
@@ -120,14 +127,6 @@ def check_local_resources(cfg: Config, roles: tuple[str, ...] | None = None) -> 
     check_feasible(cfg, [{"CPU": float(os.cpu_count() or 1), "GPU": float(local_gpus(cfg))}],
                    list(roles) if roles else None, where="this machine (a local Ray has its CPUs and GPUs; "
                    "ray.local_num_cpus oversubscribes on purpose)")
-
-
-def local_gpus(cfg: Config) -> int:
-    if cfg.ray.local_num_gpus is not None:
-        return cfg.ray.local_num_gpus
-    import torch  # heavy: only when a local Ray is planned
-
-    return torch.cuda.device_count()
 
 
 def _report(cfg: Config, result: Preflight, seconds: float, echo) -> None:
