@@ -262,8 +262,9 @@ class SyncConfig(_Strict):
     bucket_mb: float = Field(256.0, gt=0, description=(
         "Weight-sync bucket size, MiB: one transfer (and one remote call per engine) per bucket, cut between layers."))
     verify: bool = Field(False, description=(
-        "Engines check each bucket's CRC32 against the sync's manifest (names, shapes, dtypes and that a sync "
-        "covered every weight are always checked); one extra pass over the weights on every engine."))
+        "The learner adds a CRC32 of each bucket's bytes to the sync's manifest and every engine checks it (names, "
+        "shapes, dtypes, order and that a sync covered every weight are always checked): a debug mode, one more "
+        "pass over the weights on each side (0.3-1 s per sync of SmolLM2 on 2 CPU cores)."))
     group_timeout_s: float = Field(600.0, gt=0, description=(
         "transport=collective: seconds a member waits in the weight group's rendezvous or one broadcast before failing."))
 

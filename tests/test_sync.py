@@ -97,10 +97,13 @@ def test_receipt_checks_order_model_and_completeness():
         SyncReceipt("r", model, True).accept(BucketManifest.build(2, 0, True, [("c", torch.zeros(5))]))
 
 
+CHUNK = 2**20 + 3  # the chain's chunks: several per buffer, the last one short
+
+
 def _receiver(rank, world, port, nbytes, out):
     from rlhf_ray.sync.group import WeightGroup
 
-    group = WeightGroup("127.0.0.1", port, rank, world, 60, "127.0.0.1")
+    group = WeightGroup("127.0.0.1", port, rank, world, 60, "127.0.0.1", chunk_bytes=CHUNK)
     buffer = torch.zeros(nbytes, dtype=torch.uint8)
     group.broadcast(buffer)
     out.put((rank, int(buffer.to(torch.int64).sum()), int(buffer[-1])))
@@ -108,7 +111,7 @@ def _receiver(rank, world, port, nbytes, out):
 
 def test_weight_group_broadcasts_to_every_member_across_processes():
     """Three receiver processes and this one (rank 0, the source) in a gloo group that is not
-    torch.distributed's default group."""
+    torch.distributed's default group; the bytes go down the chain 0 → 1 → 2 → 3 in four chunks."""
     world, nbytes = 4, 3 * 2**20 + 5
     held = bind("127.0.0.1")
     port = held.getsockname()[1]
@@ -119,7 +122,7 @@ def test_weight_group_broadcasts_to_every_member_across_processes():
         p.start()
     from rlhf_ray.sync.group import WeightGroup
 
-    group = WeightGroup("127.0.0.1", port, 0, world, 60, "127.0.0.1", held)
+    group = WeightGroup("127.0.0.1", port, 0, world, 60, "127.0.0.1", held, chunk_bytes=CHUNK)
     payload = torch.randint(0, 256, (nbytes,), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     group.broadcast(payload)
     got = sorted(out.get(timeout=60) for _ in procs)

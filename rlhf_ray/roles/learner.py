@@ -128,13 +128,14 @@ class PolicyLearner(DeepSpeedWorker):
                 pass
             return {}
         sender = BucketSender(engines, version, self.weight_group if sync.transport == "collective" else None,
-                              checksum=sync.verify or not torch.cuda.is_available())
+                              checksum=sync.verify)
         for bucket, last in layer_buckets(named, sync.bucket_mb * 2**20):
             sender.send(bucket, last)
         sender.finish()
         seconds = time.perf_counter() - start
         return {"sync/bytes": float(sender.bytes), "sync/buckets": float(sender.buckets), "sync/seconds": seconds,
-                "sync/bytes_per_s": sender.bytes / seconds if seconds else 0.0}
+                "sync/bytes_per_s": sender.bytes / seconds if seconds else 0.0,
+                **{f"sync/{stage}_s": s for stage, s in sender.seconds.items()}}
 
     def _full_parameters(self, to_host: bool):
         """(name, full tensor) of every parameter in order on rank 0, (name, None) on the others; under

@@ -22,12 +22,15 @@ import torch.distributed as dist
 from rlhf_ray.rendezvous import is_loopback, tcp_store
 
 
+CHAIN_CHUNK_BYTES = 8 * 2**20  # gloo chain's unit: small enough to pipeline, large enough to stream
+
+
 class WeightGroup:
     def __init__(self, addr: str, port: int, rank: int, world_size: int, timeout_s: float, local_addr: str,
-                 held=None):
+                 held=None, chunk_bytes: int = CHAIN_CHUNK_BYTES):
         """Joins the group whose store rank 0 serves at ``addr:port`` (``held``: the socket rank 0
         bound for it). ``local_addr``: this member's node address, where gloo listens."""
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.chunk_bytes = rank, world_size, chunk_bytes
         store = dist.PrefixStore("rlhf_ray_weights", tcp_store(addr, port, world_size, rank, timeout_s, held))
         timeout = timedelta(seconds=timeout_s)
         if torch.cuda.is_available():
@@ -45,10 +48,27 @@ class WeightGroup:
             self.pg = dist.ProcessGroupGloo(store, rank, world_size, options)
 
     def broadcast(self, buffer: torch.Tensor) -> None:
-        """``buffer`` from rank 0 into every member's ``buffer`` (same size and dtype everywhere)."""
-        opts = dist.BroadcastOptions()
-        opts.rootRank = 0
-        self.pg.broadcast([buffer], opts).wait()
+        """``buffer`` from rank 0 into every member's ``buffer`` (same size and dtype everywhere).
+
+        NCCL pipelines its own broadcast over a ring or tree. Gloo's broadcast sends the whole buffer
+        from the root to every member in turn (measured: the learner's node sends N copies for N
+        engines), so on gloo the buffer goes down a chain instead, rank 0 → 1 → ... → N-1, in chunks:
+        each member forwards chunk k while it receives chunk k+1. Every node sends the buffer once,
+        and the time grows by one chunk per member instead of one buffer."""
+        if self.device.type == "cuda" or self.world_size <= 2:
+            opts = dist.BroadcastOptions()
+            opts.rootRank = 0
+            self.pg.broadcast([buffer], opts).wait()
+            return
+        chunks = buffer.split(self.chunk_bytes)
+        sends = []
+        for tag, chunk in enumerate(chunks):
+            if self.rank > 0:
+                self.pg.recv([chunk], self.rank - 1, tag).wait()
+            if self.rank < self.world_size - 1:
+                sends.append(self.pg.send([chunk], self.rank + 1, tag))
+        for work in sends:
+            work.wait()
 
     def close(self) -> None:
         try:

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import time
+
 import ray
 
 from rlhf_ray.models.wire import to_wire
@@ -24,19 +26,29 @@ class BucketSender:
         self.pending: list[ray.ObjectRef] = []
         self.buckets = 0
         self.bytes = 0
+        self.seconds = {"prepare": 0.0, "transfer": 0.0, "wait": 0.0}  # manifest and buffer; put or broadcast; engines
 
     def send(self, bucket: list, last: bool) -> None:
+        start = time.perf_counter()
         manifest = BucketManifest.build(self.version, self.buckets, last, bucket, self.checksum)
         if self.group is None:
-            ref = ray.put([(name, *to_wire(t)) for name, t in bucket])
+            wire = [(name, *to_wire(t)) for name, t in bucket]
+            sent = time.perf_counter()
+            ref = ray.put(wire)
             self.pending += [e.load_weights.remote(manifest, ref) for e in self.engines]
         else:
+            buffer = flatten(bucket, manifest)
+            sent = time.perf_counter()
             # Engines run their calls in order: each is waiting in this bucket's broadcast when it comes.
             self.pending += [e.receive_weights.remote(manifest) for e in self.engines]
-            self.group.broadcast(flatten(bucket, manifest))
+            self.group.broadcast(buffer)
+        self.seconds["prepare"] += sent - start
+        self.seconds["transfer"] += time.perf_counter() - sent
         self.buckets += 1
         self.bytes += manifest.nbytes
 
     def finish(self) -> None:
         """Until every engine has loaded every bucket (an engine's error surfaces here)."""
+        start = time.perf_counter()
         ray.get(self.pending)
+        self.seconds["wait"] += time.perf_counter() - start

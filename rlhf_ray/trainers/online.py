@@ -14,6 +14,7 @@ import time
 from rlhf_ray.batch import Batch, build_batch, split_batch, split_list
 from rlhf_ray.dispatch import generate_balanced
 from rlhf_ray.roles import PolicyLearner, Rollout
+from rlhf_ray.sync.formation import form_weight_group
 from rlhf_ray.trainers.controller import Controller
 from rlhf_ray.trainers.inputs import PromptInputs
 
@@ -88,22 +89,10 @@ class OnlineController(Controller):
 
     def ensure_weight_group(self) -> None:
         """The broadcast group of the learner's rank 0 and every engine worker, made anew whenever its
-        members changed (an actor restarted, an engine dropped): a group cannot change its members."""
-        members = [self.learner.actors[0], *self.rollout.actors]
-        if self.weight_group_members == members:
-            return
-        tp = self.cfg.rollout.tensor_parallel_size
-        # An engine's workers take consecutive ranks after the learner's 0; keyed by the engine's own
-        # rank, which it keeps when others are dropped from the group.
-        ranks = [who["rank"] for who in self.rollout.get(self.rollout.call(Rollout.identity), "engine ranks")]
-        first_ranks = {rank: 1 + i * tp for i, rank in enumerate(ranks)}
-        world_size = 1 + tp * len(first_ranks)
-        addr, port = self.learner.get(self.learner.call_ranks(PolicyLearner.weight_group_address, [0]),
-                                      "weight group address")[0]
-        joins = (self.learner.call(PolicyLearner.join_weight_group, addr, port, world_size)
-                 + self.rollout.call(Rollout.join_weight_group, addr, port, world_size, first_ranks))
-        self.rollout.get(joins, "weight group rendezvous")
-        self.weight_group_members = members
+        members changed (an actor restarted, an engine dropped)."""
+        if self.weight_group_members != [self.learner.actors[0], *self.rollout.actors]:
+            self.weight_group_members = form_weight_group(self.learner, self.rollout,
+                                                          self.cfg.rollout.tensor_parallel_size)
 
     def after_restart(self, role: str, ranks: list[int]) -> None:
         if role == "rollout" and self.version > 0:  # a new engine starts from the initial weights
