@@ -72,30 +72,36 @@ def check_feasible(cfg: Config, nodes: list[dict[str, float]], roles: list[str] 
     items = [(p, [b]) for p in plans for b in p.bundles] if not strict_pack else [
         (p, [_total(p.bundles)]) for p in plans]
     items.sort(key=lambda it: (-it[1][0]["GPU"], -it[1][0]["CPU"]))
+    # STRICT_SPREAD: no two bundles of one placement group on the same node (Ray waits forever otherwise).
+    used: dict[int, set[int]] = {id(p): set() for p in plans}
+    strict_spread = cfg.placement.strategy == "STRICT_SPREAD"
     for p, (bundle,) in items:
-        node = next((n for n in free if all(n.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items())), None)
-        if node is None:
-            raise InfeasibleLayout(_explain(plans, nodes, p, bundle, where))
+        i = next((i for i, n in enumerate(free) if all(n.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items())
+                  and not (strict_spread and i in used[id(p)])), None)
+        if i is None:
+            raise InfeasibleLayout(_explain(plans, nodes, p, bundle, where, strict_spread))
+        used[id(p)].add(i)
         for k, v in bundle.items():
-            node[k] = node.get(k, 0.0) - v
+            free[i][k] = free[i].get(k, 0.0) - v
 
 
 def _total(bundles: list[dict[str, float]]) -> dict[str, float]:
     return {k: sum(b[k] for b in bundles) for k in ("CPU", "GPU")}
 
 
-def _describe(res: dict[str, float]) -> str:
+def describe_resources(res: dict[str, float]) -> str:
     """'0.4 CPU, 0 GPU, 1 trainer_node': CPU and GPU always, custom resources when present."""
     extra = [f"{v:g} {k}" for k, v in sorted(res.items()) if k not in ("CPU", "GPU") and v]
     return ", ".join([f"{res.get('CPU', 0):g} CPU", f"{res.get('GPU', 0):g} GPU", *extra])
 
 
-def _explain(plans, nodes, failed: GroupPlan, bundle, where: str) -> str:
-    asked = "; ".join(f"{'+'.join(p.roles)}: {len(p.bundles)} × ({_describe(p.bundles[0])})" for p in plans)
+def _explain(plans, nodes, failed: GroupPlan, bundle, where: str, strict_spread: bool = False) -> str:
+    asked = "; ".join(f"{'+'.join(p.roles)}: {len(p.bundles)} × ({describe_resources(p.bundles[0])})" for p in plans)
     total = _total([b for p in plans for b in p.bundles])
-    there = "; ".join(f"node {i}: {_describe(n)}" for i, n in enumerate(nodes)) or "no nodes"
+    there = "; ".join(f"node {i}: {describe_resources(n)}" for i, n in enumerate(nodes)) or "no nodes"
     return (f"the actor layout does not fit {where}: a bundle of {'+'.join(failed.roles)} needing "
-            f"{_describe(bundle)} has no node left to go to.\n"
+            f"{describe_resources(bundle)} has no node left to go to"
+            f"{' (placement.strategy=STRICT_SPREAD: one bundle of a group per node)' if strict_spread else ''}.\n"
             f"  asked ({total['CPU']:g} CPU, {total['GPU']:g} GPU in all): {asked}\n"
             f"  there: {there}\n"
             f"  lower <role>.num_actors or <role>.num_gpus_per_actor / num_cpus_per_actor, colocate roles "
