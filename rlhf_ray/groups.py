@@ -92,11 +92,19 @@ class WorkerGroup:
             self.actors[i] = self._spawn(self.ranks[i])
 
     def unplaced(self, positions: list[int]) -> list[int]:
-        """Those of ``positions`` whose (respawned) actor is not placed and answering within
-        ``placement_wait_s``: its bundle has no node to go to."""
-        refs = self.call_ranks(self.worker_cls.identity, positions)
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.placement_wait_s)
-        return [i for i, ref in zip(positions, refs) if ref not in ready]
+        """Those of ``positions`` whose placement bundle has no alive node after ``placement_wait_s``:
+        Ray moves a lost node's bundles only to nodes with their resources free. A placed actor still
+        starting (its imports take seconds) counts as placed: later calls wait for it."""
+        deadline = time.monotonic() + self.placement_wait_s
+        while True:
+            alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+            where = ray.util.placement_group_table(self.placement_group)["bundles_to_node_id"] \
+                if self.placement_group is not None else {}
+            homeless = [i for i in positions if self.placement_group is not None
+                        and where.get(self.ranks[i]) not in alive]
+            if not homeless or time.monotonic() > deadline:
+                return homeless
+            time.sleep(1.0)
 
     def drop(self, positions: list[int]) -> None:
         """The group goes on without these actors (killed; their bundles stay reserved, unused)."""

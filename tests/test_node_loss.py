@@ -23,9 +23,9 @@ def _metrics(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def _trainer(cluster, kills: dict[int, str], spare: dict[str, float] | None):
+def _trainer(cluster, kills: dict[int, tuple[str, int]], spare: dict[str, float] | None):
     """A GRPO/PPO trainer class that, at the start of step k, adds the spare node (if any) and kills
-    node ``kills[k]``: the step's first stage meets the dead actors."""
+    the node of ``kills[k]`` (role, rank): the step's first stage meets the dead actors."""
     from rlhf_ray.trainers.ppo import PPOTrainer
 
     class NodeKilling(PPOTrainer):
@@ -33,7 +33,8 @@ def _trainer(cluster, kills: dict[int, str], spare: dict[str, float] | None):
             if step in kills:
                 if spare:
                     cluster.add("spare", spare)
-                cluster.kill(kills.pop(step))
+                role, rank = kills.pop(step)
+                cluster.kill(cluster.node_names(getattr(self, role))[rank])
             return super().step(step)
 
     return NodeKilling
@@ -45,7 +46,7 @@ def _rollout_layout():
 
 @pytest.mark.parametrize("spare", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["no_spare", "spare"])
 def test_lost_rollout_node(tiny_policy, tmp_path, monkeypatch, capsys, spare):
-    """Two engines on two nodes; engines_b is lost at step 2. With no node offering `engine` the run
+    """Two engines on two nodes; the node of engine 1 is lost at step 2. With no node offering `engine` the run
     finishes on one engine and says so; with a spare node the engine is started again there."""
     monkeypatch.setattr("rlhf_ray.groups.PLACEMENT_WAIT_S", PLACEMENT_WAIT_S)
     with multinode_ray(_rollout_layout()) as cluster:
@@ -54,11 +55,12 @@ def test_lost_rollout_node(tiny_policy, tmp_path, monkeypatch, capsys, spare):
             "rollout.num_actors=2", "rollout.resources_per_actor={engine: 1}", "learner.resources_per_actor={trainer: 1}",
             "reward.resources_per_actor={scorer: 1}", "reference.resources_per_actor={scorer: 1}",
             f"ray.address={cluster.address}"))
-        trainer = _trainer(cluster, {2: "engines_b"}, {"engine": 1} if spare else None).from_config(cfg)
+        trainer = _trainer(cluster, {2: ("rollout", 1)}, {"engine": 1} if spare else None).from_config(cfg)
         try:
-            assert sorted(cluster.node_names(trainer.rollout)) == ["engines_a", "engines_b"]
+            before = cluster.node_names(trainer.rollout)
+            assert sorted(before) == ["engines_a", "engines_b"]
             trainer.fit()
-            want = ["engines_a", "spare"] if spare else ["engines_a"]
+            want = sorted([before[0], "spare"]) if spare else [before[0]]
             assert sorted(cluster.node_names(trainer.rollout)) == want
             assert trainer.rollout.get(trainer.rollout.call(Rollout.get_version)) == [3] * len(want)
             assert trainer.restarts == 1
@@ -89,16 +91,17 @@ def _learner_cfg(cluster, tiny_policy, run_dir):
 
 @pytest.mark.slow
 def test_lost_learner_node_with_a_spare_restores_the_last_checkpoint(tiny_policy, tmp_path, monkeypatch, capsys):
-    """Learner ranks on trainer_a and trainer_b; trainer_b is lost at step 3, after the step-2
+    """Learner ranks on trainer_a and trainer_b; rank 1's node is lost at step 3, after the step-2
     checkpoint, and a spare node offering `trainer` has joined: the learner group comes back on
-    trainer_a and the spare, from step 2, and the run finishes with each step logged once."""
+    rank 0's node and the spare, from step 2, and the run finishes with each step logged once."""
     monkeypatch.setattr("rlhf_ray.groups.PLACEMENT_WAIT_S", PLACEMENT_WAIT_S)
     with multinode_ray(_learner_layout()) as cluster:
-        trainer = _trainer(cluster, {3: "trainer_b"}, {"trainer": 1}).from_config(
+        trainer = _trainer(cluster, {3: ("learner", 1)}, {"trainer": 1}).from_config(
             _learner_cfg(cluster, tiny_policy, tmp_path))
         try:
+            before = cluster.node_names(trainer.learner)
             trainer.fit()
-            assert sorted(cluster.node_names(trainer.learner)) == ["spare", "trainer_a"]
+            assert cluster.node_names(trainer.learner) == [before[0], "spare"]
             assert trainer.restarts == 1 and trainer.version == 4
         finally:
             trainer.shutdown()
@@ -114,7 +117,7 @@ def test_lost_learner_node_without_a_spare_stops_naming_what_is_missing(tiny_pol
 
     monkeypatch.setattr("rlhf_ray.groups.PLACEMENT_WAIT_S", PLACEMENT_WAIT_S)
     with multinode_ray(_learner_layout()) as cluster:
-        trainer = _trainer(cluster, {3: "trainer_b"}, None).from_config(_learner_cfg(cluster, tiny_policy, tmp_path))
+        trainer = _trainer(cluster, {3: ("learner", 1)}, None).from_config(_learner_cfg(cluster, tiny_policy, tmp_path))
         try:
             with pytest.raises(ResourcesLost) as e:
                 trainer.fit()
