@@ -16,9 +16,8 @@ holds each position's rank, the one in its actor name and bundle.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
-
 import time
+from typing import Any, Callable, Sequence
 
 import ray
 import torch
@@ -27,11 +26,11 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rlhf_ray.batch import Batch, split_batch
 from rlhf_ray.config import Config, RoleResources
-from rlhf_ray.layout import describe_resources, check_feasible
+from rlhf_ray.layout import check_feasible, describe_resources
 from rlhf_ray.placement import cluster_nodes, create_placement_groups
 
 
-# How long a respawned actor may take to be placed and answer. After a node is lost, Ray places the
+# How long a respawned actor's placement bundle may go without a node. After a node is lost, Ray places the
 # dead node's placement-group bundles elsewhere only when resources there are free (an autoscaler
 # brings a node within minutes); past this the rank counts as unplaceable.
 PLACEMENT_WAIT_S = 300.0
@@ -95,13 +94,13 @@ class WorkerGroup:
         """Those of ``positions`` whose placement bundle has no alive node after ``placement_wait_s``:
         Ray moves a lost node's bundles only to nodes with their resources free. A placed actor still
         starting (its imports take seconds) counts as placed: later calls wait for it."""
+        if self.placement_group is None:
+            return []
         deadline = time.monotonic() + self.placement_wait_s
         while True:
             alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-            where = ray.util.placement_group_table(self.placement_group)["bundles_to_node_id"] \
-                if self.placement_group is not None else {}
-            homeless = [i for i in positions if self.placement_group is not None
-                        and where.get(self.ranks[i]) not in alive]
+            where = ray.util.placement_group_table(self.placement_group)["bundles_to_node_id"]
+            homeless = [i for i in positions if where.get(self.ranks[i]) not in alive]
             if not homeless or time.monotonic() > deadline:
                 return homeless
             time.sleep(1.0)

@@ -239,9 +239,10 @@ class Controller:
     # ------------------------------------------------------------------ actor failures
     def recovering(self, stage: str, fn):
         """Runs ``fn``; when an actor of an untrained role (rollout, reward, reference) dies in it,
-        those actors are started again (``restart_dead_actors``) and the stage is run again. A lost
-        rank of a trained group raises TrainableLost: its optimizer state is gone, so the loop goes
-        back to the last checkpoint (``restore_trainables``)."""
+        those actors are started again (``restart_dead_actors``; dropped when their node is lost and no
+        other node can take them) and the stage is run again. A lost rank of a trained group raises
+        TrainableLost: its optimizer state is gone, so the loop goes back to the last checkpoint
+        (``restore_trainables``)."""
         while True:
             try:
                 return fn()
