@@ -7,10 +7,16 @@ to every rank (``call``) or splits a batch evenly across ranks and concatenates 
 Methods are passed by reference, ``group.map_batch(PolicyLearner.compute_logprobs, batch)``, never
 by name: an editor follows them to their definition, and a method of another role's class fails at
 the call with both names, not deep inside Ray.
+
+A group can shrink: an untrained role's rank whose node is lost, and which cannot be placed again,
+is dropped (``drop``); the remaining ranks keep their names and placement bundles, and ``size``,
+``actors`` and ``map_batch`` cover them alone. Positions (0..size-1) index ``actors``; ``ranks``
+holds each position's rank, the one in its actor name and bundle.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Sequence
 
 import ray
@@ -20,8 +26,14 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rlhf_ray.batch import Batch, split_batch
 from rlhf_ray.config import Config, RoleResources
-from rlhf_ray.layout import check_feasible
+from rlhf_ray.layout import check_feasible, describe_resources
 from rlhf_ray.placement import cluster_nodes, create_placement_groups
+
+
+# How long a respawned actor's placement bundle may go without a node. After a node is lost, Ray places the
+# dead node's placement-group bundles elsewhere only when resources there are free (an autoscaler
+# brings a node within minutes); past this the rank counts as unplaceable.
+PLACEMENT_WAIT_S = 300.0
 
 
 class RemoteCallError(RuntimeError):
@@ -34,13 +46,21 @@ class WorkerGroup:
         self.role = role
         self.worker_cls = worker_cls
         self.placement_group = placement_group
-        self.size = res.num_actors
+        self.resources = res
+        self.world_size = res.num_actors  # as started; ``size`` shrinks when ranks are dropped
         self.timeout = cfg.trainer.call_timeout_s
-        self._spawn_args = (ray.remote(worker_cls), cfg, run_id, res)
-        self.actors = [self._spawn(rank) for rank in range(self.size)]
+        self.placement_wait_s = PLACEMENT_WAIT_S
+        self._spawn_args = (ray.remote(worker_cls), cfg, run_id)
+        self.ranks = list(range(self.world_size))
+        self.actors = [self._spawn(rank) for rank in self.ranks]
+
+    @property
+    def size(self) -> int:
+        return len(self.actors)
 
     def _spawn(self, rank: int):
-        remote_cls, cfg, run_id, res = self._spawn_args
+        remote_cls, cfg, run_id = self._spawn_args
+        res = self.resources
         pg = self.placement_group
         return remote_cls.options(
             name=f"{run_id}/{self.role}-{rank}", namespace=cfg.ray.namespace,
@@ -48,7 +68,7 @@ class WorkerGroup:
             runtime_env={"env_vars": _actor_env(res, cfg.ray.cpu_malloc_keep_freed)},
             scheduling_strategy=None if pg is None else PlacementGroupSchedulingStrategy(
                 placement_group=pg, placement_group_bundle_index=rank),
-        ).remote(cfg, rank, self.size)
+        ).remote(cfg, rank, self.world_size)
 
     def dead_ranks(self, timeout_s: float = 10.0) -> list[int]:
         """Ranks whose actor process is gone (killed, or its node lost). An actor that does not answer
@@ -64,11 +84,38 @@ class WorkerGroup:
                     dead.append(rank)
         return dead
 
-    def respawn(self, ranks: list[int]) -> None:
-        """New actors in the dead ranks' places (same name, resources and placement bundle)."""
-        for rank in ranks:
-            ray.kill(self.actors[rank], no_restart=True)
-            self.actors[rank] = self._spawn(rank)
+    def respawn(self, positions: list[int]) -> None:
+        """New actors in the dead ones' places (same name, resources and placement bundle)."""
+        for i in positions:
+            ray.kill(self.actors[i], no_restart=True)
+            self.actors[i] = self._spawn(self.ranks[i])
+
+    def unplaced(self, positions: list[int]) -> list[int]:
+        """Those of ``positions`` whose placement bundle has no alive node after ``placement_wait_s``:
+        Ray moves a lost node's bundles only to nodes with their resources free. A placed actor still
+        starting (its imports take seconds) counts as placed: later calls wait for it."""
+        if self.placement_group is None:
+            return []
+        deadline = time.monotonic() + self.placement_wait_s
+        while True:
+            alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+            where = ray.util.placement_group_table(self.placement_group)["bundles_to_node_id"]
+            homeless = [i for i in positions if where.get(self.ranks[i]) not in alive]
+            if not homeless or time.monotonic() > deadline:
+                return homeless
+            time.sleep(1.0)
+
+    def drop(self, positions: list[int]) -> None:
+        """The group goes on without these actors (killed; their bundles stay reserved, unused)."""
+        for i in sorted(positions, reverse=True):
+            ray.kill(self.actors[i], no_restart=True)
+            del self.actors[i], self.ranks[i]
+
+    def describe_needs(self) -> str:
+        """What one actor asks of a node: '0.4 CPU, 0 GPU, 1 trainer'."""
+        res = self.resources
+        return describe_resources({"CPU": res.num_cpus_per_actor, "GPU": res.num_gpus_per_actor,
+                                   **res.resources_per_actor})
 
     def method_name(self, method: Callable) -> str:
         """The name of ``method`` (a function of this group's worker class) on the actors."""
@@ -83,10 +130,10 @@ class WorkerGroup:
         name = self.method_name(method)
         return [getattr(a, name).remote(*args, **kwargs) for a in self.actors]
 
-    def call_ranks(self, method: Callable, ranks: Sequence[int], *args) -> list[ray.ObjectRef]:
-        """The same call on the given ranks only."""
+    def call_ranks(self, method: Callable, positions: Sequence[int], *args) -> list[ray.ObjectRef]:
+        """The same call on the actors at the given positions only."""
         name = self.method_name(method)
-        return [getattr(self.actors[r], name).remote(*args) for r in ranks]
+        return [getattr(self.actors[i], name).remote(*args) for i in positions]
 
     def map_batch(self, method: Callable, batch: Batch, *args) -> list[ray.ObjectRef]:
         """Splits ``batch`` evenly over the ranks; ``gather_cat`` joins the results in order."""
@@ -98,13 +145,12 @@ class WorkerGroup:
         """Results in order. Fails as soon as any call fails: when one rank of a data-parallel group
         dies, the others wait in a collective that would never finish, so waiting for all first
         would turn a lost actor into a timeout."""
-        import time
-
         deadline, pending = time.monotonic() + self.timeout, list(refs)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             if not ready:
-                late = [f"{self.role}-{i}" for i, r in enumerate(refs) if r in pending]
+                late = [f"{self.role}-{self.ranks[i] if len(refs) == self.size else i}"
+                        for i, r in enumerate(refs) if r in pending]
                 raise RemoteCallError(f"{what or 'remote call'} on {', '.join(late)} did not finish within "
                                       f"trainer.call_timeout_s={self.timeout:g}s")
             ray.get(ready[0])  # raises the actor's error now, not after the others

@@ -105,7 +105,7 @@ def assign(cfg: Config, nodes: list[dict[str, float]], roles: list[str] | None =
                 break
         else:
             asked = _total(bundles) if strategy == "STRICT_PACK" else bundles[0]
-            raise InfeasibleLayout(_explain(plans, nodes, p, asked, where))
+            raise InfeasibleLayout(_explain(plans, nodes, p, asked, where, strategy == "STRICT_SPREAD"))
         seen.add(i)
         taken.setdefault(id(p), []).extend((i, g) for g in gpus)
     out = []
@@ -155,18 +155,19 @@ def _total(bundles: list[dict[str, float]]) -> dict[str, float]:
     return {k: sum(b[k] for b in bundles) for k in ("CPU", "GPU")}
 
 
-def _describe(res: dict[str, float]) -> str:
+def describe_resources(res: dict[str, float]) -> str:
     """'0.4 CPU, 0 GPU, 1 trainer_node': CPU and GPU always, custom resources when present."""
     extra = [f"{v:g} {k}" for k, v in sorted(res.items()) if k not in ("CPU", "GPU") and v]
     return ", ".join([f"{res.get('CPU', 0):g} CPU", f"{res.get('GPU', 0):g} GPU", *extra])
 
 
-def _explain(plans, nodes, failed: GroupPlan, bundle, where: str) -> str:
-    asked = "; ".join(f"{'+'.join(p.roles)}: {len(p.bundles)} × ({_describe(p.bundles[0])})" for p in plans)
+def _explain(plans, nodes, failed: GroupPlan, bundle, where: str, strict_spread: bool = False) -> str:
+    asked = "; ".join(f"{'+'.join(p.roles)}: {len(p.bundles)} × ({describe_resources(p.bundles[0])})" for p in plans)
     total = _total([b for p in plans for b in p.bundles])
-    there = "; ".join(f"node {i}: {_describe(n)}" for i, n in enumerate(nodes)) or "no nodes"
+    there = "; ".join(f"node {i}: {describe_resources(n)}" for i, n in enumerate(nodes)) or "no nodes"
     return (f"the actor layout does not fit {where}: a bundle of {'+'.join(failed.roles)} needing "
-            f"{_describe(bundle)} has no node left to go to.\n"
+            f"{describe_resources(bundle)} has no node left to go to"
+            f"{' (placement.strategy=STRICT_SPREAD: one bundle of a group per node)' if strict_spread else ''}.\n"
             f"  asked ({total['CPU']:g} CPU, {total['GPU']:g} GPU in all): {asked}\n"
             f"  there: {there}\n"
             f"  lower <role>.num_actors or <role>.num_gpus_per_actor / num_cpus_per_actor, colocate roles "

@@ -35,12 +35,17 @@ def local_ray():
     """One local Ray, loopback only; enough logical CPUs for every role at once, and logical GPUs
     (no real ones) so placement tests can see where GPU actors land."""
     ray = pytest.importorskip("ray")
+    start_test_ray()
+    yield ray
+    ray.shutdown()
+
+
+def start_test_ray() -> None:
+    """The session's local Ray (also started again by tests/multinode.py after a multi-node test)."""
     from rlhf_ray.trainers.session import start_local_ray
 
     start_local_ray(num_cpus=8, num_gpus=4, namespace="rlhf_ray_tests", log_to_driver=False,
                     runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
-    yield ray
-    ray.shutdown()
 
 
 def tiny_overrides(policy: str, run_dir, *extra: str) -> list[str]:

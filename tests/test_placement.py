@@ -119,3 +119,10 @@ def test_layout_beyond_the_cluster_fails_before_any_actor(local_ray):
     with pytest.raises(InfeasibleLayout, match="8 × \\(0.5 CPU, 1 GPU\\)"):
         start_groups(cfg, {"rollout": Rollout}, "too-big")
     assert len(local_ray.util.list_named_actors(all_namespaces=True)) == before
+
+
+def test_strict_spread_needs_a_node_per_bundle():
+    cfg = _cfg("rollout.num_actors=3", "placement.strategy=STRICT_SPREAD")
+    check_feasible(cfg, [{"CPU": 8, "GPU": 0}] * 3)
+    with pytest.raises(InfeasibleLayout, match=r"rollout needing 0.5 CPU.*STRICT_SPREAD: one bundle of a group per node"):
+        check_feasible(cfg, [{"CPU": 8, "GPU": 0}] * 2)  # CPUs enough for all three, nodes not

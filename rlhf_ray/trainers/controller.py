@@ -3,7 +3,8 @@
     inputs (rlhf_ray.trainers.inputs) → preflight (rlhf_ray.preflight) → run directory claimed
     (rlhf_ray.rundir) → Ray, placement groups, actors, models → fit:
         resume or evaluate step 0 → for each step: step() → NaN/Inf guard → evaluate on cadence
-        → log → checkpoint on cadence;  a lost learner/critic rank → back to the last checkpoint
+        → log → checkpoint on cadence;  a lost learner/critic rank → back to the last checkpoint;
+        a lost rollout/reward/reference actor → started again, or (its node gone, none to take it) dropped
     → summary.json, report → actors and placement groups gone however the loop ended
 
 A loop (online, offline, RAFT, reward model) extends Controller with its own ``step``, ``evaluate``
@@ -42,6 +43,10 @@ class TrainableLost(RuntimeError):
     def __init__(self, ranks: dict[str, list[int]], stage: str):
         self.ranks = ranks
         super().__init__(f"{stage}: " + ", ".join(f"{role} ranks {d} died" for role, d in ranks.items()))
+
+
+class ResourcesLost(RuntimeError):
+    """Actors lost with their node cannot be placed again: the run stops, saying what is missing."""
 
 
 class Controller:
@@ -234,9 +239,10 @@ class Controller:
     # ------------------------------------------------------------------ actor failures
     def recovering(self, stage: str, fn):
         """Runs ``fn``; when an actor of an untrained role (rollout, reward, reference) dies in it,
-        those actors are started again (``restart_dead_actors``) and the stage is run again. A lost
-        rank of a trained group raises TrainableLost: its optimizer state is gone, so the loop goes
-        back to the last checkpoint (``restore_trainables``)."""
+        those actors are started again (``restart_dead_actors``; dropped when their node is lost and no
+        other node can take them) and the stage is run again. A lost rank of a trained group raises
+        TrainableLost: its optimizer state is gone, so the loop goes back to the last checkpoint
+        (``restore_trainables``)."""
         while True:
             try:
                 return fn()
@@ -245,10 +251,10 @@ class Controller:
                 if any(lost.values()):
                     raise TrainableLost({r: d for r, d in lost.items() if d}, stage) from e
                 self.count_restart(stage, e)
-                restarted = self.restart_dead_actors()
-                if not restarted:
+                changed = self.restart_dead_actors()
+                if not changed:
                     raise
-                print(f"[recover] {stage}: restarted {', '.join(restarted)}; running the stage again", flush=True)
+                print(f"[recover] {stage}: restarted {', '.join(changed)}; running the stage again", flush=True)
 
     def count_restart(self, stage: str, error: BaseException) -> None:
         if self.restarts >= self.cfg.trainer.max_actor_restarts:
@@ -256,16 +262,46 @@ class Controller:
                                f"continue from the last checkpoint with trainer.resume=auto: {error}") from error
         self.restarts += 1
 
-    def restart_dead_actors(self) -> list[str]:
-        restarted = []
+    def restart_dead_actors(self, sync: bool = True) -> list[str]:
+        """Dead actors of the untrained roles started again in their bundles. One whose bundle finds no
+        node (its node lost, no other offering its resources) is dropped and the role goes on with
+        fewer actors, unless none would be left. ``sync``: engines get the current weights
+        (``after_restart``); not when the caller syncs every engine next. Returns what changed."""
+        changed = []
         for role, g in self.groups.items():
             dead = [] if role in self.trainable else g.dead_ranks()
-            if dead:
-                g.respawn(dead)
-                g.get(g.call_ranks(g.worker_cls.init_model, dead, self.inputs.model_paths[role]), f"{role} restart")
-                self.after_restart(role, dead)
-                restarted += [f"{role}-{r}" for r in dead]
-        return restarted
+            if not dead:
+                continue
+            g.respawn(dead)
+            unplaced = g.unplaced(dead)
+            if len(unplaced) == g.size:
+                raise ResourcesLost(self.unplaceable(g, unplaced))
+            placed = [i for i in dead if i not in unplaced]
+            names = {i: f"{role}-{g.ranks[i]}" for i in dead}
+            if placed:
+                g.get(g.call_ranks(g.worker_cls.init_model, placed, self.inputs.model_paths[role]), f"{role} restart")
+                if sync:
+                    self.after_restart(role, placed)
+            g.drop(unplaced)
+            changed += [names[i] for i in placed] + [f"{names[i]} (dropped)" for i in unplaced]
+            if unplaced:
+                what = "engines" if role == "rollout" else f"{role} actors"
+                print(f"[recover] {', '.join(names[i] for i in unplaced)} lost with its node and not placed again "
+                      f"within {g.placement_wait_s:g}s (each needs {g.describe_needs()}): continuing with "
+                      f"{g.size} {what}", flush=True)
+        return changed
+
+    def unplaceable(self, g: WorkerGroup, positions: list[int]) -> str:
+        """Why the run stops: which actors found no node, what each needs, how to go on."""
+        ranks = [g.ranks[i] for i in positions]
+        last = self.last_checkpoint or "none yet (a resumed run starts over)"
+        other = (f"its checkpointed state loads only into {g.world_size} ranks: to go on with fewer, start a new run "
+                 f"with a lower {g.role}.num_actors" if g.role in self.trainable else
+                 f"or resume with a {g.role}.num_actors / resources_per_actor that fits the nodes left")
+        return (f"{g.role} ranks {ranks} of {g.world_size} were lost with their node and not placed again within "
+                f"{g.placement_wait_s:g}s: each needs {g.describe_needs()} ({g.role}.num_cpus_per_actor, "
+                f"num_gpus_per_actor, resources_per_actor) and no alive node has that free. Last checkpoint: {last}. "
+                f"Resume with trainer.resume=auto once nodes offering it are back; {other}")
 
     def after_restart(self, role: str, ranks: list[int]) -> None:
         """What a restarted actor needs beyond its model (an engine: the current weights)."""
@@ -279,10 +315,16 @@ class Controller:
         # Without a checkpoint every trainable group goes back to the initial weights, not only the lost one.
         restart = list(lost.ranks) if self.last_checkpoint else list(self.trainable)
         for role in restart:
-            self.groups[role].respawn(list(range(self.groups[role].size)))
+            g = self.groups[role]
+            g.respawn(list(range(g.size)))
+            unplaced = g.unplaced(list(range(g.size)))
+            if unplaced:  # a data-parallel group cannot go on with fewer ranks than its checkpoint
+                raise ResourcesLost(self.unplaceable(g, unplaced)) from lost
         print(f"[recover] {lost}; restarting {', '.join(restart)} and going back to "
               f"{self.last_checkpoint or 'the start of the run (no checkpoint yet)'}", flush=True)
         self.load_models(restart)
+        # Engines, reward or reference on the same lost node: back (or dropped) before the restore syncs every engine.
+        self.restart_dead_actors(sync=False)
         if self.last_checkpoint:
             return self.restore_checkpoint(Path(self.last_checkpoint))
         return self.restore_controller(self.initial_state)
