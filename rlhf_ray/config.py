@@ -236,6 +236,10 @@ class TrainerConfig(_Strict):
     seed: int = Field(0, description="Seed of prompts, sampling and initialisation.")
     run_dir: str = Field("runs/ppo", description="Where metrics.jsonl, the resolved config and outputs go.")
     call_timeout_s: float = Field(1800.0, gt=0, description="A remote call slower than this fails with the actor's name.")
+    placement_wait_s: float = Field(300.0, gt=0, description=(
+        "After a node is lost, how long a restarted actor may wait for a node with room for it (an autoscaler "
+        "brings one within minutes); then a rollout/reward/reference rank is dropped and a learner/critic "
+        "group stops the run naming what is missing (docs/reliability.md)."))
     max_actor_restarts: int = Field(3, ge=0, description="Actor failures survived per run: rollout/reward/reference restarts (stage retried) plus learner/critic restores from the last checkpoint.")
     save_every: int = Field(0, ge=0, description="Checkpoint every K steps (0 = only at the end); see docs/reliability.md.")
     keep_last: int = Field(2, ge=1, description="Complete checkpoints kept; older ones are deleted.")

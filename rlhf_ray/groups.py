@@ -30,12 +30,6 @@ from rlhf_ray.layout import check_feasible, describe_resources
 from rlhf_ray.placement import cluster_nodes, create_placement_groups
 
 
-# How long a respawned actor's placement bundle may go without a node. After a node is lost, Ray places the
-# dead node's placement-group bundles elsewhere only when resources there are free (an autoscaler
-# brings a node within minutes); past this the rank counts as unplaceable.
-PLACEMENT_WAIT_S = 300.0
-
-
 class RemoteCallError(RuntimeError):
     pass
 
@@ -49,7 +43,9 @@ class WorkerGroup:
         self.resources = res
         self.world_size = res.num_actors  # as started; ``size`` shrinks when ranks are dropped
         self.timeout = cfg.trainer.call_timeout_s
-        self.placement_wait_s = PLACEMENT_WAIT_S
+        # After a node is lost, Ray places its placement-group bundles elsewhere only when resources there are
+        # free; past this wait a respawned rank counts as unplaceable.
+        self.placement_wait_s = cfg.trainer.placement_wait_s
         self._spawn_args = (ray.remote(worker_cls), cfg, run_id)
         self.ranks = list(range(self.world_size))
         self.actors = [self._spawn(rank) for rank in self.ranks]

@@ -84,11 +84,13 @@ def _metrics(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("transport", ["object_store"])
+@pytest.mark.parametrize("transport", ["collective", pytest.param("object_store", marks=pytest.mark.slow)])
 def test_ppo_across_nodes(cluster, tiny_policy, tmp_path, transport):
     """Learner ranks on two nodes, both engines on a third, reward and reference on a fourth, the critic
     on the head: every actor where its pin says, every engine at the learner's version after every
-    sync, and the rollout/learner log-prob gap at its single-node level (the weights arrived intact)."""
+    sync, and the rollout/learner log-prob gap at its single-node level (the weights arrived intact).
+    The collective transport (the one for engines on other nodes) with every bucket's CRC32 checked
+    runs by default; the object store (every single-node run's) is slow here."""
     pytest.importorskip("vllm")
     from rlhf_ray.trainers.ppo import PPOTrainer
 
@@ -99,7 +101,8 @@ def test_ppo_across_nodes(cluster, tiny_policy, tmp_path, transport):
             return out
 
     cfg = load_config(overrides=tiny_overrides(tiny_policy, tmp_path, *PINNED, "trainer.total_steps=3",
-                                               f"ray.address={cluster.address}", f"sync.transport={transport}"))
+                                               f"ray.address={cluster.address}", f"sync.transport={transport}",
+                                               "sync.verify=true"))
     trainer = Recording.from_config(cfg)
     trainer.synced = []
     try:

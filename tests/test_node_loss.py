@@ -14,9 +14,9 @@ from multinode import multinode_ray
 from rlhf_ray.config import load_config
 from rlhf_ray.roles import Rollout
 
-# Seconds a respawned actor may wait for a node (rlhf_ray.groups.PLACEMENT_WAIT_S, 300 on a real cluster):
+# Seconds a respawned actor may wait for a node (trainer.placement_wait_s, 300 by default for a real cluster):
 # on this cluster a free node takes it within seconds, so 20 s only shortens the no-spare cases.
-PLACEMENT_WAIT_S = 20.0
+PLACEMENT_WAIT = "trainer.placement_wait_s=20"
 
 
 def _metrics(run_dir) -> list[dict]:
@@ -45,16 +45,15 @@ def _rollout_layout():
 
 
 @pytest.mark.parametrize("spare", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["no_spare", "spare"])
-def test_lost_rollout_node(tiny_policy, tmp_path, monkeypatch, capsys, spare):
+def test_lost_rollout_node(tiny_policy, tmp_path, capsys, spare):
     """Two engines on two nodes; the node of engine 1 is lost at step 2. With no node offering `engine` the run
     finishes on one engine and says so; with a spare node the engine is started again there."""
-    monkeypatch.setattr("rlhf_ray.groups.PLACEMENT_WAIT_S", PLACEMENT_WAIT_S)
     with multinode_ray(_rollout_layout()) as cluster:
         cfg = load_config(overrides=tiny_overrides(
             tiny_policy, tmp_path, "algorithm=grpo", "rollout.backend=hf", "trainer.total_steps=3",
             "rollout.num_actors=2", "rollout.resources_per_actor={engine: 1}", "learner.resources_per_actor={trainer: 1}",
             "reward.resources_per_actor={scorer: 1}", "reference.resources_per_actor={scorer: 1}",
-            f"ray.address={cluster.address}"))
+            f"ray.address={cluster.address}", PLACEMENT_WAIT))
         trainer = _trainer(cluster, {2: ("rollout", 1)}, {"engine": 1} if spare else None).from_config(cfg)
         try:
             before = cluster.node_names(trainer.rollout)
@@ -82,7 +81,7 @@ def _learner_layout():
 
 def _learner_cfg(cluster, tiny_policy, run_dir):
     return load_config(overrides=tiny_overrides(
-        tiny_policy, run_dir, "rollout.backend=hf", "trainer.total_steps=4", "trainer.save_every=2",
+        tiny_policy, run_dir, PLACEMENT_WAIT, "rollout.backend=hf", "trainer.total_steps=4", "trainer.save_every=2",
         "trainer.save_hf=false", "learner.num_actors=2", "learner.resources_per_actor={trainer: 1}",
         "learner.micro_batch_samples_per_actor=2", "rollout.resources_per_actor={engine: 1}",
         "reward.resources_per_actor={scorer: 1}", "reference.resources_per_actor={scorer: 1}",
@@ -90,11 +89,10 @@ def _learner_cfg(cluster, tiny_policy, run_dir):
 
 
 @pytest.mark.slow
-def test_lost_learner_node_with_a_spare_restores_the_last_checkpoint(tiny_policy, tmp_path, monkeypatch, capsys):
+def test_lost_learner_node_with_a_spare_restores_the_last_checkpoint(tiny_policy, tmp_path, capsys):
     """Learner ranks on trainer_a and trainer_b; rank 1's node is lost at step 3, after the step-2
     checkpoint, and a spare node offering `trainer` has joined: the learner group comes back on
     rank 0's node and the spare, from step 2, and the run finishes with each step logged once."""
-    monkeypatch.setattr("rlhf_ray.groups.PLACEMENT_WAIT_S", PLACEMENT_WAIT_S)
     with multinode_ray(_learner_layout()) as cluster:
         trainer = _trainer(cluster, {3: ("learner", 1)}, {"trainer": 1}).from_config(
             _learner_cfg(cluster, tiny_policy, tmp_path))
@@ -112,10 +110,9 @@ def test_lost_learner_node_with_a_spare_restores_the_last_checkpoint(tiny_policy
 
 
 @pytest.mark.slow
-def test_lost_learner_node_without_a_spare_stops_naming_what_is_missing(tiny_policy, tmp_path, monkeypatch):
+def test_lost_learner_node_without_a_spare_stops_naming_what_is_missing(tiny_policy, tmp_path):
     from rlhf_ray.trainers.controller import ResourcesLost
 
-    monkeypatch.setattr("rlhf_ray.groups.PLACEMENT_WAIT_S", PLACEMENT_WAIT_S)
     with multinode_ray(_learner_layout()) as cluster:
         trainer = _trainer(cluster, {3: ("learner", 1)}, None).from_config(_learner_cfg(cluster, tiny_policy, tmp_path))
         try:

@@ -57,9 +57,11 @@ class OnlineController(Controller):
         """Greedy accuracy on the held-out prompts; the answers are written beside the metrics."""
         start = time.perf_counter()
         es = self.eval_set
-        gen = self.generate(es.ids, greedy=True, seed=0)
+        # An engine or reward actor lost here (its node gone) is replaced or dropped as in a step.
+        gen = self.recovering("evaluate", lambda: self.generate(es.ids, greedy=True, seed=0))
         batch = build_batch(es.ids, gen["response_ids"], self.tokenizer.pad_token_id)
-        scores = self.reward.gather_cat(self.score(batch, es.rows, gen["texts"]), "eval scores")
+        scores = self.recovering("evaluate", lambda: self.reward.gather_cat(self.score(batch, es.rows, gen["texts"]),
+                                                                            "eval scores"))
         with (self.run_dir / f"eval_step{step:05d}.jsonl").open("w") as f:
             for row, text, s in zip(es.rows, gen["texts"], scores.tolist()):
                 f.write(json.dumps({"prompt": row["prompt"], "answer": row["answer"], "response": text, "score": s}) + "\n")
