@@ -44,16 +44,19 @@ def _rollout_layout():
     return {"head": {"trainer": 1, "scorer": 2}, "engines_a": {"engine": 1}, "engines_b": {"engine": 1}}
 
 
-@pytest.mark.parametrize("spare", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["no_spare", "spare"])
-def test_lost_rollout_node(tiny_policy, tmp_path, capsys, spare):
+@pytest.mark.parametrize("spare, transport", [(False, "collective"),
+                                              pytest.param(True, "object_store", marks=pytest.mark.slow)],
+                         ids=["no_spare", "spare"])
+def test_lost_rollout_node(tiny_policy, tmp_path, capsys, spare, transport):
     """Two engines on two nodes; the node of engine 1 is lost at step 2. With no node offering `engine` the run
-    finishes on one engine and says so; with a spare node the engine is started again there."""
+    finishes on one engine and says so; with a spare node the engine is started again there. Either way
+    the weight sync reaches the engines left: the broadcast group is formed again without the lost one."""
     with multinode_ray(_rollout_layout()) as cluster:
         cfg = load_config(overrides=tiny_overrides(
             tiny_policy, tmp_path, "algorithm=grpo", "rollout.backend=hf", "trainer.total_steps=3",
             "rollout.num_actors=2", "rollout.resources_per_actor={engine: 1}", "learner.resources_per_actor={trainer: 1}",
             "reward.resources_per_actor={scorer: 1}", "reference.resources_per_actor={scorer: 1}",
-            f"ray.address={cluster.address}", PLACEMENT_WAIT))
+            f"ray.address={cluster.address}", PLACEMENT_WAIT, f"sync.transport={transport}"))
         trainer = _trainer(cluster, {2: ("rollout", 1)}, {"engine": 1} if spare else None).from_config(cfg)
         try:
             before = cluster.node_names(trainer.rollout)

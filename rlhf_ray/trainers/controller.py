@@ -276,14 +276,16 @@ class Controller:
             unplaced = g.unplaced(dead)
             if len(unplaced) == g.size:
                 raise ResourcesLost(self.unplaceable(g, unplaced))
-            placed = [i for i in dead if i not in unplaced]
             names = {i: f"{role}-{g.ranks[i]}" for i in dead}
+            placed_ranks = [g.ranks[i] for i in dead if i not in unplaced]
+            # Dropped first: a weight group formed for the restarted engines must not wait on unplaced ones.
+            g.drop(unplaced)
+            placed = [g.ranks.index(r) for r in placed_ranks]
             if placed:
                 g.get(g.call_ranks(g.worker_cls.init_model, placed, self.inputs.model_paths[role]), f"{role} restart")
                 if sync:
                     self.after_restart(role, placed)
-            g.drop(unplaced)
-            changed += [names[i] for i in placed] + [f"{names[i]} (dropped)" for i in unplaced]
+            changed += [f"{role}-{r}" for r in placed_ranks] + [f"{names[i]} (dropped)" for i in unplaced]
             if unplaced:
                 what = "engines" if role == "rollout" else f"{role} actors"
                 print(f"[recover] {', '.join(names[i] for i in unplaced)} lost with its node and not placed again "
