@@ -122,7 +122,7 @@ def main() -> None:
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **KEEP_FREED_MEMORY})
     malloc = "keep-freed" if all(os.environ.get(k) == v for k, v in KEEP_FREED_MEMORY.items()) else "glibc default"
 
-    from rlhf_ray.config import load_config
+    from rlhf_ray.config_loading import load_config
 
     overrides = ["logging.wandb_mode=disabled", "logging.ray_metrics=false", "logging.progress_bar=false",
                  "trainer.run_dir=runs/bench_ppo_step", *args.overrides]

@@ -89,7 +89,7 @@ def main() -> None:
     from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
-    from rlhf_ray.config import load_config
+    from rlhf_ray.config_loading import load_config
     from rlhf_ray.groups import WorkerGroup
     from rlhf_ray.models.loading import load_causal_lm
     from rlhf_ray.roles import PolicyLearner, Rollout

@@ -86,7 +86,7 @@ def run_rlhf_ray(spec: dict) -> dict:
     metrics.jsonl (`time/step`: batch + reference + learner update, as the plain loop times)."""
     import ray
 
-    from rlhf_ray.config import load_config
+    from rlhf_ray.config_loading import load_config
     from rlhf_ray.trainers.offline import OfflineTrainer
 
     set_threads(spec["threads"])

@@ -39,7 +39,8 @@ import torch
 
 from rlhf_ray.algos import AdaptiveKLController, FixedKLController, masked_mean
 from rlhf_ray.batch import Batch, batch_size, build_batch, map_micro_batches, micro_batches, select
-from rlhf_ray.config import Config, TrainableRole, load_config
+from rlhf_ray.config import Config, TrainableRole
+from rlhf_ray.config_loading import load_config
 from rlhf_ray.models.forward import ValueModel, response_logprobs, response_values
 from rlhf_ray.tracking import StageTimer
 from rlhf_ray.algos.objectives import policy_objective, value_objective

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from rlhf_ray import jobs
-from rlhf_ray.config import ConfigError, config_table, load_config
+from rlhf_ray.config import ConfigError
+from rlhf_ray.config_loading import config_table, load_config
 from rlhf_ray.models.prepare import prepare_smollm2
 from rlhf_ray.report import write_report
 

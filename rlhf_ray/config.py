@@ -1,8 +1,9 @@
 """The one config schema of rlhf_ray.
 
 Every field, its default and its one-line doc live here and nowhere else. A run's config is the
-defaults below, then a YAML file, then ``a.b=c`` overrides from the command line. Unknown keys and
-wrong types are errors that name the key. ``rlhf-ray config-doc`` prints this schema as a table.
+defaults below, then a YAML file, then ``a.b=c`` overrides from the command line (read by
+rlhf_ray.config_loading). Unknown keys and wrong types are errors that name the key. ``rlhf-ray
+config-doc`` prints this schema as a table.
 
 Batch-size fields say what they count in their name: ``prompts`` or ``samples``, ``global`` (the
 whole step, all actors together) or ``per_actor``.
@@ -12,12 +13,10 @@ from __future__ import annotations
 
 import difflib
 import os
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rlhf_ray.algorithms import ALGORITHMS, AlgorithmSpec, LossAgg
 
@@ -30,10 +29,6 @@ READ_INSTEAD = {
     "reward_model": {"trainer.total_steps": "offline.max_steps", "trainer.eval_every": "offline.eval_every"},
     "raft": {"trainer.total_steps": "raft.rounds", "offline.max_steps": "raft.rounds"},
 }
-
-
-# Keys that moved: an old config gets the new name, not "unknown key".
-MOVED = {"trainer.weight_sync_bucket_mb": "sync.bucket_mb"}
 
 
 class ConfigError(ValueError):
@@ -449,92 +444,3 @@ class Config(_Strict):
                     f"{key}={self.optimizer_batch_global} must split evenly over {role}.num_actors={r.num_actors} "
                     f"actors into micro-batches of {role}.micro_batch_samples_per_actor={r.micro_batch_samples_per_actor}")
         return self
-
-
-# ---------------------------------------------------------------- loading
-
-
-def _parse_override(item: str) -> tuple[list[str], Any]:
-    if "=" not in item:
-        raise ConfigError(f"override {item!r} is not of the form a.b=value")
-    key, raw = item.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
-
-
-def _set_path(tree: dict, keys: list[str], value: Any) -> None:
-    for k in keys[:-1]:
-        node = tree.setdefault(k, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override key {'.'.join(keys)!r}: {k!r} is not a section")
-        tree = node
-    tree[keys[-1]] = value
-
-
-def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return []
-        model = field.annotation
-    return list(model.model_fields)
-
-
-def _explain(err: ValidationError, source: str) -> ConfigError:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden" and key in MOVED:
-            lines.append(f"  {key}: moved to {MOVED[key]}")
-        elif e["type"] == "extra_forbidden":
-            near = difflib.get_close_matches(str(e["loc"][-1]), _known_keys(Config, e["loc"]), n=1)
-            hint = f" (did you mean '{'.'.join(map(str, e['loc'][:-1] + (near[0],)))}'?)" if near else ""
-            lines.append(f"  {key}: unknown key{hint}")
-        else:
-            got = "" if e["type"] == "value_error" else f" (got {e.get('input')!r})"
-            lines.append(f"  {key}: {e['msg']}{got}")
-    return ConfigError(f"invalid config from {source}:\n" + "\n".join(lines))
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults ← YAML file ← ``a.b=c`` overrides; raises ConfigError naming the bad key."""
-    tree: dict = {}
-    source = "defaults"
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config file {p} must hold a mapping of sections, not {type(tree).__name__}")
-        source = str(p)
-    for item in overrides:
-        _set_path(tree, *_parse_override(item))
-    if overrides:
-        source += " + overrides " + " ".join(overrides)
-    try:
-        return Config.model_validate(tree)
-    except ValidationError as e:
-        raise _explain(e, source) from None
-
-
-def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-
-
-def config_table(node: BaseModel | None = None, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, doc) for every leaf field: the source of docs/config.md.
-
-    Walks a default instance, not the classes, so a section whose default differs per role
-    (learner vs critic learning rate) shows the value that really applies."""
-    node = Config() if node is None else node
-    rows = []
-    for name, field in type(node).model_fields.items():
-        value = getattr(node, name)
-        if isinstance(value, BaseModel):
-            rows += config_table(value, f"{prefix}{name}.")
-        else:
-            rows.append((f"{prefix}{name}", repr(value), field.description or ""))
-    return rows

@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from rlhf_ray.config import load_config
+from rlhf_ray.config_loading import load_config
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 # Never shipped to the cluster: environments, outputs, caches (the working dir is zipped and uploaded).

@@ -31,7 +31,8 @@ from pathlib import Path
 import yaml
 
 from rlhf_ray.checkpoint import CheckpointError, read_controller_state
-from rlhf_ray.config import Config, save_config
+from rlhf_ray.config import Config
+from rlhf_ray.config_loading import save_config
 
 RUN_FILE = "run.json"
 LOCK_FILE = "run.lock"

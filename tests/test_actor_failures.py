@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import tiny_overrides
-from rlhf_ray.config import load_config
+from rlhf_ray.config_loading import load_config
 from rlhf_ray.trainers.controller import TrainableLost
 from rlhf_ray.roles import Rollout
 

@@ -13,7 +13,8 @@ import pytest
 
 from conftest import assert_fails_before_actors as _assert_fails_before_actors
 from conftest import tiny_overrides
-from rlhf_ray.config import ConfigError, load_config
+from rlhf_ray.config import ConfigError
+from rlhf_ray.config_loading import load_config
 
 
 def bad_reward_count(prompts, responses, answers):  # used by import path below

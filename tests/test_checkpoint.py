@@ -9,7 +9,7 @@ import pytest
 
 from conftest import assert_fails_before_actors, tiny_overrides
 from rlhf_ray.checkpoint import CheckpointError, CheckpointManager, resolve_resume, rng_state, set_rng_state, verify
-from rlhf_ray.config import load_config
+from rlhf_ray.config_loading import load_config
 from rlhf_ray.rundir import RunDirError
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_ray.config import load_config
+from rlhf_ray.config_loading import load_config
 from rlhf_ray.layout import check_feasible, nodes_from_cluster_file
 
 ROOT = Path(__file__).resolve().parents[1]

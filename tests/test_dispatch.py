@@ -52,7 +52,7 @@ def test_slow_engine_gets_less_work(local_ray):
 
 @pytest.mark.parametrize("n_engines", [2, 4])
 def test_doubling_real_engines_halves_each_share(local_ray, tiny_policy, n_engines):
-    from rlhf_ray.config import load_config
+    from rlhf_ray.config_loading import load_config
     from rlhf_ray.groups import WorkerGroup
     from rlhf_ray.roles import Rollout
 

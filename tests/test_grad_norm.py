@@ -21,7 +21,7 @@ from conftest import tiny_overrides
 from rlhf_ray.algos import Normalizer
 from rlhf_ray.algos.objectives import policy_objective
 from rlhf_ray.batch import build_batch
-from rlhf_ray.config import load_config
+from rlhf_ray.config_loading import load_config
 from rlhf_ray.groups import WorkerGroup
 from rlhf_ray.models.forward import response_logprobs
 from rlhf_ray.models.loading import load_causal_lm

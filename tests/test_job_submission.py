@@ -48,7 +48,7 @@ def test_entrypoint_and_runtime_env(monkeypatch, tmp_path):
 
 
 def test_cluster_address_rule(monkeypatch):
-    from rlhf_ray.config import load_config
+    from rlhf_ray.config_loading import load_config
 
     def address(value=None):
         return load_config(None, [f"ray.address={value}"] if value else []).ray.cluster_address()

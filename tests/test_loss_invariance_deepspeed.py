@@ -15,7 +15,7 @@ import torch
 
 from conftest import tiny_overrides
 from rlhf_ray.batch import build_batch
-from rlhf_ray.config import load_config
+from rlhf_ray.config_loading import load_config
 from rlhf_ray.groups import WorkerGroup
 from rlhf_ray.roles import PolicyLearner
 

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import tiny_overrides
 from multinode import multinode_ray
-from rlhf_ray.config import load_config
+from rlhf_ray.config_loading import load_config
 from rlhf_ray.roles import Critic, PolicyLearner, Reference, Reward, Rollout
 
 # Each node offers the resource of the role slots it hosts; <role>.resources_per_actor asks for them.

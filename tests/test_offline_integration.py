@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from rlhf_ray.config import load_config
+from rlhf_ray.config_loading import load_config
 
 ALL_EVAL = ("eval/loss", "eval/accuracy", "eval/margin", "eval/reward_chosen", "eval/reward_rejected")
 

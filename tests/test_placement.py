@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlhf_ray.config import load_config
+from rlhf_ray.config_loading import load_config
 from rlhf_ray.layout import InfeasibleLayout, check_feasible, plan
 
 NODE_8GPU = {"CPU": 64, "GPU": 8}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rlhf_ray import cli, jobs
-from rlhf_ray.config import load_config
+from rlhf_ray.config_loading import load_config
 from rlhf_ray.hardware import gpu_from_names, nodes_from_file
 from rlhf_ray.layout import assign
 from rlhf_ray.memory import (GIB, activation_bytes, logit_bytes, model_folder, model_shape, model_states,

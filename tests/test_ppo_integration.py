@@ -8,7 +8,7 @@ import math
 import pytest
 
 from conftest import tiny_overrides
-from rlhf_ray.config import load_config
+from rlhf_ray.config_loading import load_config
 from rlhf_ray.roles import PolicyLearner, Rollout
 from rlhf_ray.sync.manifest import BucketManifest
 

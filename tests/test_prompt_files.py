@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_ray.config import ConfigError, load_config
+from rlhf_ray.config import ConfigError
+
+from rlhf_ray.config_loading import load_config
 from rlhf_ray.prompts import load_task
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared/data/gsm8k"

@@ -16,7 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from rlhf_ray.config import ConfigError, load_config
+from rlhf_ray.config import ConfigError
+
+from rlhf_ray.config_loading import load_config
 from rlhf_ray.reward_server import serve_reward_function
 from rlhf_ray.rewards_http import HttpRewardClient, RewardServiceError
 

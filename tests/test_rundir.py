@@ -7,7 +7,7 @@ import json
 import pytest
 
 from rlhf_ray.checkpoint import CheckpointError, CheckpointManager
-from rlhf_ray.config import load_config, save_config
+from rlhf_ray.config_loading import load_config, save_config
 from rlhf_ray.rundir import RunDirError, check_resume, check_run_dir, claim_run_dir, fingerprint
 
 

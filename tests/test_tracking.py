@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from rlhf_ray.config import load_config
+from rlhf_ray.config_loading import load_config
 from rlhf_ray.tracking import StageTimer, Tracker, console_line
 
 

@@ -21,7 +21,7 @@ import ray
 from tqdm import tqdm
 
 from rlhf_ray.checkpoint import CheckpointManager, read_controller_state, rng_state, set_rng_state
-from rlhf_ray.config import save_config
+from rlhf_ray.config_loading import save_config
 from rlhf_ray.groups import WorkerGroup, shutdown_groups, start_groups
 from rlhf_ray.report import write_report
 from rlhf_ray.roles import Critic, PolicyLearner, Reference, Reward, Rollout
