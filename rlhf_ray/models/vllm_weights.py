@@ -33,9 +33,9 @@ from collections import defaultdict
 
 import torch
 
-from rlhf_ray.sync.buckets import unflatten
+from rlhf_ray.sync.buckets import receive_bucket
 from rlhf_ray.sync.group import WeightGroup
-from rlhf_ray.sync.manifest import BucketManifest, check_bucket
+from rlhf_ray.sync.manifest import BucketManifest
 
 WORKER_EXTENSION = "rlhf_ray.models.vllm_weights.WeightSyncExtension"
 
@@ -73,12 +73,7 @@ class WeightSyncExtension:
 
     def rlhf_ray_receive_bucket(self, manifest: dict, verify: bool, engine: str) -> int:
         """One bucket by broadcast from the learner, checked against its manifest, then loaded."""
-        m = BucketManifest.from_dict(manifest)
-        group = self.rlhf_ray_weight_group
-        buffer = torch.empty(m.nbytes, dtype=torch.uint8, device=group.device)
-        group.broadcast(buffer)
-        named = unflatten(buffer, m)
-        check_bucket(m, named, verify, engine)
+        named = receive_bucket(self.rlhf_ray_weight_group, BucketManifest.from_dict(manifest), verify, engine)
         _reload(self, named)
         return len(named)
 

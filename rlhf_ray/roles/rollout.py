@@ -1,8 +1,9 @@
 """The rollout: a generation engine (vLLM; transformers as a slow fallback) inside one actor.
 
 It returns token ids and the log-probs of the sampled tokens, and takes versioned weight updates
-from the learner in buckets, through the object store or a broadcast group (rlhf_ray.sync). vLLM runs in-process (no engine subprocess) so that the weights can be
-reloaded with a direct call, on CPU and on a single GPU alike.
+from the learner in buckets, through the object store or a broadcast group (rlhf_ray.sync). vLLM
+runs in-process (no engine subprocess) so that the weights can be reloaded with a direct call, on
+CPU and on a single GPU alike.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from rlhf_ray.models.vllm_weights import (WORKER_EXTENSION, join_weight_group, l
                                           receive_into_vllm, vllm_prompt_logprobs)
 from rlhf_ray.models.wire import unpack
 from rlhf_ray.roles.base import Worker
-from rlhf_ray.sync.buckets import unflatten
+from rlhf_ray.sync.buckets import receive_bucket
 from rlhf_ray.sync.group import WeightGroup
 from rlhf_ray.sync.manifest import BucketManifest, SyncReceipt, check_bucket
 
@@ -188,8 +189,4 @@ class HFEngine:
         self.weight_group = WeightGroup(addr, port, rank, world_size, timeout_s, local_addr)
 
     def receive(self, manifest: BucketManifest, verify: bool, engine: str) -> None:
-        buffer = torch.empty(manifest.nbytes, dtype=torch.uint8, device=self.weight_group.device)
-        self.weight_group.broadcast(buffer)
-        named = unflatten(buffer, manifest)
-        check_bucket(manifest, named, verify, engine)
-        self.load_weights(named)
+        self.load_weights(receive_bucket(self.weight_group, manifest, verify, engine))

@@ -13,7 +13,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from rlhf_ray.sync.manifest import BucketManifest
+from rlhf_ray.sync.manifest import BucketManifest, check_bucket
 
 
 def layer_of(name: str) -> str:
@@ -42,6 +42,16 @@ def flatten(named: list[tuple[str, torch.Tensor]], manifest: BucketManifest) -> 
     for (_, t), e in zip(named, manifest.entries):
         buffer[e.offset:e.offset + e.nbytes] = t.detach().contiguous().reshape(-1).view(torch.uint8)
     return buffer
+
+
+def receive_bucket(group, manifest: BucketManifest, verify: bool, engine: str) -> list[tuple[str, torch.Tensor]]:
+    """One bucket by broadcast over ``group`` (rlhf_ray.sync.group.WeightGroup), as (name, tensor) views
+    of the received buffer, checked against its manifest (rlhf_ray.sync.manifest.check_bucket)."""
+    buffer = torch.empty(manifest.nbytes, dtype=torch.uint8, device=group.device)
+    group.broadcast(buffer)
+    named = unflatten(buffer, manifest)
+    check_bucket(manifest, named, verify, engine)
+    return named
 
 
 def unflatten(buffer: torch.Tensor, manifest: BucketManifest) -> list[tuple[str, torch.Tensor]]:

@@ -12,8 +12,7 @@ def form_weight_group(learner: WorkerGroup, rollout: WorkerGroup, tensor_paralle
     that a caller can tell when they changed; a group cannot change its members, it is made anew."""
     tp = tensor_parallel_size
     # Keyed by each engine's own rank, which it keeps when other engines are dropped.
-    ranks = [who["rank"] for who in rollout.get(rollout.call(Rollout.identity), "engine ranks")]
-    first_ranks = {rank: 1 + i * tp for i, rank in enumerate(ranks)}
+    first_ranks = {rank: 1 + i * tp for i, rank in enumerate(rollout.ranks)}
     world_size = 1 + tp * len(first_ranks)
     addr, port = learner.get(learner.call_ranks(PolicyLearner.weight_group_address, [0]), "weight group address")[0]
     joins = (learner.call(PolicyLearner.join_weight_group, addr, port, world_size)

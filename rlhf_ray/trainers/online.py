@@ -70,7 +70,6 @@ class OnlineController(Controller):
               f"({time.perf_counter() - start:.1f}s)", flush=True)
         return {"eval/accuracy": acc, "time/eval": time.perf_counter() - start}
 
-
     def sync_weights(self, version: int) -> dict[str, float]:
         """Learner → every rollout engine; fails unless every engine then serves ``version``."""
         self.version = version
