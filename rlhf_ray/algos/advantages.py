@@ -12,9 +12,15 @@ controller can pass one bundle to whichever estimator the config names:
     rloo          scores, group_size, mask, normalize_std
     reinforce_pp  token_rewards, mask, gamma, normalize_std
 
-Each returns ``(advantages [B, T], returns [B, T])``, detached and zero at
-padding. Masks are prefix masks (``mask_from_lengths``). Group estimators
-expect the n samples of one prompt in consecutive rows.
+Each returns ``(advantages [B, T], returns [B, T])``, detached and zero where
+the mask is 0. The mask marks the policy's own tokens: a prefix mask
+(``mask_from_lengths``) for one-turn responses, or one with holes for multi-turn
+ones, whose observation tokens (tool output the policy did not generate) sit
+between its turns. Masked positions are transparent to the temporal estimators:
+GAE and REINFORCE++ run over each row's subsequence of policy tokens (one
+discount step per policy token, the next value is the next policy token's), so
+a hole neither ends the episode nor costs a discount. Group estimators expect
+the n samples of one prompt in consecutive rows.
 
 ``normalize_std`` (the config's ``ppo.whiten_advantages``) is each method's own
 normalisation: GAE whitens over the batch's tokens, GRPO divides by the group's
@@ -48,13 +54,17 @@ def _broadcast(per_row: Tensor, mask: Tensor) -> Tensor:
     return per_row.unsqueeze(-1).to(m.dtype) * m
 
 
-def _discounted_cumsum(x: Tensor, gamma: float) -> Tensor:
+def _discounted_cumsum(x: Tensor, gamma: float, mask: Tensor) -> Tensor:
+    """G_t = x_t + gamma * G_t' over the positions where ``mask`` is set, t' the next such position;
+    0 elsewhere. Masked positions are skipped: they neither add nor discount."""
     # Reverse loop over T, vectorised over B; T is at most a few thousand.
+    valid = mask != 0
+    zero = torch.zeros((), dtype=x.dtype)
     out = torch.zeros_like(x)
     running = torch.zeros_like(x[:, 0])
     for t in reversed(range(x.shape[1])):
-        running = x[:, t] + gamma * running
-        out[:, t] = running
+        running = torch.where(valid[:, t], x[:, t] + gamma * running, running)
+        out[:, t] = torch.where(valid[:, t], running, zero)
     return out
 
 
@@ -69,28 +79,33 @@ def gae(
     normalize_std: bool = False,
     **_unused,
 ) -> Tuple[Tensor, Tensor]:
-    """Generalised Advantage Estimation (Schulman et al. 2016).
+    """Generalised Advantage Estimation (Schulman et al. 2016), over each row's valid tokens.
 
-    delta_t = r_t + gamma * V_{t+1} - V_t, with V = 0 after the last valid token
-    A_t = delta_t + gamma * lam * A_{t+1};   returns R_t = A_t + V_t
+    With t' the next valid token after t (masked positions are skipped, not stepped through):
+    delta_t = r_t + gamma * V_{t'} - V_t, with V_{t'} = 0 after the last valid token
+    A_t = delta_t + gamma * lam * A_{t'};   returns R_t = A_t + V_t;   A = R = 0 where masked
     ``normalize_std``: A whitened over the batch's valid tokens (returns unchanged).
     """
     dtype = torch.promote_types(values.dtype, torch.float32)
     m = mask.to(dtype)
-    # Padded values become 0, so V_{t+1} = 0 right after the last valid token (the episode ends
-    # there), and padded rewards 0, so padding keeps A = 0. Selected, not multiplied: a NaN or inf
-    # at padding (a value head's garbage past the end) times 0 is still NaN and would spread.
+    valid = mask != 0
+    # Selected, not multiplied: a NaN or inf at padding (a value head's garbage past the end) times
+    # 0 is still NaN and would spread.
     zero = torch.zeros((), dtype=dtype)
-    v = torch.where(mask != 0, values.to(dtype), zero)
-    r = torch.where(mask != 0, token_rewards.to(dtype), zero)
+    v = torch.where(valid, values.to(dtype), zero)
+    r = torch.where(valid, token_rewards.to(dtype), zero)
     T = v.shape[1]
     adv = torch.zeros_like(v)
     running = torch.zeros_like(v[:, 0])
+    # V of the next valid token: 0 until one is seen, since the episode ends after the last one.
+    # A masked position (an observation between turns) leaves it and the running A untouched, so
+    # the turns chain as one episode over the policy's tokens.
+    next_v = torch.zeros_like(running)
     for t in reversed(range(T)):
-        next_v = v[:, t + 1] if t + 1 < T else torch.zeros_like(running)
         delta = r[:, t] + gamma * next_v - v[:, t]
-        running = (delta + gamma * lam * running) * m[:, t]
-        adv[:, t] = running
+        running = torch.where(valid[:, t], delta + gamma * lam * running, running)
+        next_v = torch.where(valid[:, t], v[:, t], next_v)
+        adv[:, t] = torch.where(valid[:, t], running, zero)
     returns = (adv + v) * m
     return (masked_whiten(adv, mask) if normalize_std else adv), returns
 
@@ -157,11 +172,12 @@ def reinforce_pp(
 ) -> Tuple[Tensor, Tensor]:
     """REINFORCE++ (Hu 2025).
 
-    G_t = sum_{k >= t} gamma^(k - t) r_k over valid tokens (r are the
-    KL-penalised token rewards); A = masked_whiten(G) over the whole batch
+    G_t = sum_{k >= t valid} gamma^(n(t, k)) r_k, n(t, k) the number of valid tokens after t up to
+    and including k (r are the KL-penalised token rewards; masked positions count no discount and
+    get G = 0); A = masked_whiten(G) over the whole batch
     (``normalize_std=False``: A = G, plain REINFORCE). Returns ``(A, G)``.
     """
     m = mask.to(torch.promote_types(token_rewards.dtype, torch.float32))
     r = torch.where(mask != 0, token_rewards.to(m.dtype), torch.zeros((), dtype=m.dtype))
-    returns = _discounted_cumsum(r, gamma) * m
+    returns = _discounted_cumsum(r, gamma, mask)
     return (masked_whiten(returns, mask) if normalize_std else returns), returns
