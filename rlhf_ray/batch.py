@@ -20,14 +20,26 @@ Batch = dict[str, torch.Tensor]
 
 
 def build_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int,
-                rollout_logprobs: Sequence[Sequence[float]] | None = None) -> Batch:
+                rollout_logprobs: Sequence[Sequence[float]] | None = None,
+                policy_masks: Sequence[Sequence[int]] | None = None) -> Batch:
     """Pack token-id lists into the ``[prompt | response]`` layout.
 
     Keys: input_ids, attention_mask, position_ids [B, P+R]; response_ids, response_mask [B, R];
     prompt_lengths, response_lengths [B]; rollout_logprobs [B, R] when given.
+
+    ``policy_masks`` (one 0/1 list per row, as long as its response) marks the tokens the policy
+    generated; a multi-turn response also holds observation tokens (tool output) between its turns,
+    which every model still reads but no loss may train on. response_mask is then the length mask
+    AND the policy mask, no longer a prefix mask; the lengths still bound each row.
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    if policy_masks is not None:
+        if len(policy_masks) != len(responses):
+            raise ValueError(f"{len(policy_masks)} policy masks but {len(responses)} responses")
+        for i, (pm, r) in enumerate(zip(policy_masks, responses)):
+            if len(pm) != len(r):
+                raise ValueError(f"row {i}: policy mask of {len(pm)} entries for a response of {len(r)} tokens")
     b = len(prompts)
     p_len = torch.tensor([len(p) for p in prompts])
     r_len = torch.tensor([len(r) for r in responses])
@@ -48,6 +60,11 @@ def build_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[i
         "prompt_lengths": p_len,
         "response_lengths": r_len,
     }
+    if policy_masks is not None:
+        policy = torch.zeros(b, R, dtype=torch.bool)
+        for i, pm in enumerate(policy_masks):
+            policy[i, :len(pm)] = torch.tensor(pm, dtype=torch.long) != 0
+        batch["response_mask"] = batch["response_mask"] * policy
     if rollout_logprobs is not None:
         lp = torch.zeros(b, R)
         for i, row in enumerate(rollout_logprobs):
