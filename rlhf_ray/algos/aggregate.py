@@ -14,6 +14,9 @@ Aggregations (``agg``) of a per-token loss l over response tokens (mask m), N to
     seq-mean-token-mean      Σ_i (Σ_t l·m / |y_i|) / S    every sequence weighs the same (GRPO paper; GSPO)
     seq-mean-token-sum-norm  Σ l·m / (S · L)              L a constant (the generation budget): no
                                                           length bias either way (Dr. GRPO, Liu et al. 2025)
+
+All counts are of mask entries, never lengths: in a multi-turn response the observation tokens between
+the policy's turns are masked and count nowhere, so |y_i| is row i's number of policy tokens.
 """
 from __future__ import annotations
 

@@ -52,9 +52,10 @@ def kl_penalized_rewards(
 
     Returns ``(token_rewards [B, T], kl [B, T])``, both zero at padding and
     detached: rewards are constants for the policy gradient. The sequence score
-    goes on the last valid token (index of the last nonzero mask entry, which is
-    ``mask.sum(-1) - 1`` for the prefix masks from ``mask_from_lengths``);
-    rows with an empty mask receive nothing.
+    goes on the last valid token: the index of the last nonzero mask entry, the
+    policy's last token. Only for the prefix masks from ``mask_from_lengths`` is
+    that ``mask.sum(-1) - 1``; a multi-turn mask has holes (observation tokens)
+    and may end before the row's length. Rows with an empty mask receive no score.
     """
     with torch.no_grad():
         valid = mask != 0

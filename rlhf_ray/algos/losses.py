@@ -86,7 +86,7 @@ def gspo_policy_loss(
     """GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization"): one importance ratio per
     sequence, length-normalised, clipped per sequence:
 
-    s_i = (π(y_i|x) / π_old(y_i|x))^(1/|y_i|) = exp(mean_t (logp - old_logp))
+    s_i = (π(y_i|x) / π_old(y_i|x))^(1/|y_i|) = exp(mean_t (logp - old_logp)), t over the mask's tokens
     J   = mean_i min(s_i A_i, clip(s_i, 1 - eps, 1 + eps_high) A_i)
 
     Computed in the paper's GSPO-token form, s_i,t = sg[s_i] · π(y_t)/sg[π(y_t)], whose value is

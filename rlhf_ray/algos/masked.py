@@ -1,7 +1,9 @@
 """Masked reductions and log-prob helpers over batch-first [B, T] tensors.
 
-``mask`` is 1 for real response tokens and 0 for padding (bool or float).
-Padded entries of ``x`` may hold garbage (inf / NaN log-probs past EOS), so
+``mask`` is 1 for the response tokens that count and 0 elsewhere (bool or float):
+padding, and in multi-turn responses the observation tokens between the policy's
+turns, so a mask need not be a prefix. Every reduction here counts mask entries,
+never lengths. Padded entries of ``x`` may hold garbage (inf / NaN log-probs past EOS), so
 every reduction *selects* with the mask instead of only multiplying by it:
 ``nan * 0`` is still NaN.
 """
