@@ -102,6 +102,10 @@ def check_observation(value, source: str) -> Observation:
         raise EnvProtocolError(f"{source}.step: Observation.reward must be a finite number, got {value.reward!r:.80}")
     if not isinstance(value.done, bool):
         raise EnvProtocolError(f"{source}.step: Observation.done must be a bool, got {value.done!r:.80}")
+    if not isinstance(value.messages, list):
+        raise EnvProtocolError(f"{source}.step: Observation.messages must be a list, got {type(value.messages).__name__}")
+    if not isinstance(value.info, dict):
+        raise EnvProtocolError(f"{source}.step: Observation.info must be a dict, got {type(value.info).__name__}")
     for m in value.messages:
         if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
             raise EnvProtocolError(f"{source}.step: every message must be {{'role': str, 'content': str}}, got {m!r:.80}")
