@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from rlhf_ray.algorithms import ALGORITHMS, AlgorithmSpec, LossAgg
 
 DEFAULT_POLICY = "smollm2"  # resolved to the folder that `rlhf-ray prepare-model` writes
-ROLE_SECTIONS = ("rollout", "learner", "critic", "reference", "reward")
+ROLE_SECTIONS = ("rollout", "learner", "critic", "reference", "reward", "env")
 # Keys a kind of loop never reads, and the key it reads instead: setting one is an error, not a no-op.
 READ_INSTEAD = {
     "online": {"offline.max_steps": "trainer.total_steps", "offline.eval_every": "trainer.eval_every"},
@@ -98,8 +98,10 @@ class RolloutConfig(RoleResources):
 
 
 class RewardConfig(TrainableRole):
-    kind: Literal["rule", "model", "http"] = Field(
-        "rule", description="Rule-based function, a sequence-classification reward model, or a remote reward service (http).")
+    kind: Literal["rule", "model", "http", "env"] = Field("rule", description=(
+        "Rule-based function, a sequence-classification reward model, a remote reward service (http), or the "
+        "environment's own rewards alone (env: no reward actors). With an environment, the other kinds score the "
+        "final turn and the environment's rewards are added."))
     function: str = Field("rlhf_ray.tasks.rewards:arithmetic_exact_match",
                           description="Import path 'module:function' of a rule reward f(prompts, responses, answers) -> list[float].")
     model_path: str | None = Field(None, description="Reward-model HF folder (kind=model; the start point of reward_model training).")
@@ -188,20 +190,69 @@ class OfflineConfig(_Strict):
     save_final: bool = Field(True, description="Write the trained model as an HF folder to <trainer.run_dir>/final.")
 
 
+class EnvConfig(RoleResources):
+    environment: str | None = Field(None, description=(
+        "Import path 'module:Class' of an Environment (rlhf_ray.envs.base; docs/environments.md), e.g. "
+        "rlhf_ray.envs.guess:GuessNumberEnvironment; empty with no tools = single-turn rollouts, no environment actors."))
+    tools: list[str] = Field(default_factory=list, description=(
+        "Import paths 'module:function' of typed, documented Python functions the policy may call, served by a "
+        "ToolEnvironment (e.g. [rlhf_ray.envs.calculator:calculator])."))
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the environment class.")
+    num_cpus_per_actor: float = Field(0.1, ge=0, description="Logical CPUs Ray reserves for each environment actor.")
+    max_concurrency: int = Field(64, ge=1, description="Environment calls one environment actor runs at once (threads).")
+    max_turns: int = Field(4, ge=1, description="Policy turns of a trajectory; one that would go on is marked truncated (max_turns).")
+    max_total_tokens: int = Field(256, ge=2, description=(
+        "Response tokens of a trajectory, policy and observation tokens of all turns together (each turn also stops "
+        "at rollout.max_new_tokens); one that would go on is marked truncated (max_tokens)."))
+    max_observation_tokens: int = Field(128, ge=1, description="An observation's text is cut to this many tokens (counted in env/observations_cut).")
+    format: Literal["chat_template", "tagged"] = Field("chat_template", description=(
+        "How observations are rendered: as chat messages with the model's own template (role tool), or, for a model "
+        "without one, as env.observation_template."))
+    observation_template: str = Field("\n<tool_response>\n{observation}\n</tool_response>\n", description=(
+        "format=tagged: the text of an observation, {observation} standing for its content."))
+    scheduling: Literal["continuous", "lockstep"] = Field("continuous", description=(
+        "continuous: a trajectory's next turn is generated as soon as its environment answers, while the engine "
+        "keeps generating the others; lockstep: every trajectory's turn k, then every environment call, then turn "
+        "k+1 (the baseline of benchmarks/bench_multiturn.py)."))
+    call_timeout_s: float = Field(30.0, gt=0, description="Seconds one environment call may take before it counts as failed.")
+    retries: int = Field(1, ge=0, description="Retries of an environment call that failed or timed out (for transient failures).")
+    on_failure: Literal["end", "raise"] = Field("end", description=(
+        "After the retries: end the trajectory (scored env.failure_reward, counted in env/failures), or stop the "
+        "step with an error naming the environment actor and the prompt."))
+    failure_reward: float = Field(0.0, description="Score of a trajectory ended by a failed environment call (on_failure=end).")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.environment or self.tools)
+
+    @model_validator(mode="after")
+    def _one_environment(self) -> "EnvConfig":
+        if self.environment and self.tools:
+            raise ValueError("set env.environment or env.tools, not both (a tool environment is built from env.tools)")
+        if self.kwargs and not self.environment:
+            raise ValueError("env.kwargs are the arguments of env.environment, which is not set")
+        if self.format == "tagged" and "{observation}" not in self.observation_template:
+            raise ValueError(f"env.observation_template={self.observation_template!r} must contain {{observation}}")
+        return self
+
+
 class TaskConfig(_Strict):
-    name: Literal["arithmetic", "gsm8k", "jsonl"] = Field(
-        "arithmetic", description="Prompt source: generated arithmetic, GSM8K files (question/answer), or JSONL files (prompt, optional answer).")
+    name: Literal["arithmetic", "guess_number", "gsm8k", "jsonl"] = Field("arithmetic", description=(
+        "Prompt source: generated arithmetic, the generated guess-a-number game (env.environment="
+        "rlhf_ray.envs.guess:GuessNumberEnvironment), GSM8K files (question/answer), or JSONL files (prompt, optional answer)."))
     train_file: str | None = Field(None, description="gsm8k/jsonl: training prompts, .jsonl or .jsonl.gz (relative to the working directory).")
     eval_file: str | None = Field(None, description="gsm8k/jsonl: held-out prompts file; empty = the last n_eval rows of train_file.")
     n_train: int = Field(2000, ge=1, description="Training questions (files: at most this many, from the top of train_file).")
     n_eval: int = Field(100, ge=1, description="Held-out questions (greedy accuracy; files: at most this many).")
-    max_operand: int = Field(50, ge=1, description="Largest operand of generated questions.")
+    max_operand: int = Field(50, ge=1, description="Largest operand of generated questions (guess_number: largest secret).")
+    min_operand: int = Field(0, ge=0, description="Smallest operand of generated arithmetic questions (100 with max_operand 999: three-digit).")
+    ops: list[Literal["+", "-", "*"]] = Field(default_factory=lambda: ["+", "-"], description="Operations of generated arithmetic questions.")
     system_prompt: str | None = Field(None, description="Optional system message in the chat template.")
     instruction: str = Field("", description="Text appended to each question (e.g. an answer-format hint).")
 
     @model_validator(mode="after")
     def _files_named(self) -> "TaskConfig":
-        if self.name != "arithmetic" and not self.train_file:
+        if self.name not in ("arithmetic", "guess_number") and not self.train_file:
             raise ValueError(f"task.name={self.name} reads prompts from a file: set task.train_file")
         return self
 
@@ -339,6 +390,7 @@ class Config(_Strict):
     critic: TrainableRole = Field(default_factory=lambda: TrainableRole(lr=5e-6), description="Value model trainer.")
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig, description="Frozen reference policy.")
     reward: RewardConfig = Field(default_factory=RewardConfig, description="Reward function or model.")
+    env: EnvConfig = Field(default_factory=EnvConfig, description="Multi-turn environments and tools (docs/environments.md).")
     ppo: PPOConfig = Field(default_factory=PPOConfig, description="PPO hyper-parameters.")
     offline: OfflineConfig = Field(default_factory=OfflineConfig, description="Data and losses of offline methods.")
     task: TaskConfig = Field(default_factory=TaskConfig, description="Prompts and held-out set.")
@@ -368,6 +420,22 @@ class Config(_Strict):
         return self.spec.has_rollout
 
     @property
+    def max_response_tokens(self) -> int:
+        """The longest response a rollout returns: one turn, or a multi-turn trajectory's whole budget."""
+        return max(self.rollout.max_new_tokens, self.env.max_total_tokens) if self.env.enabled else self.rollout.max_new_tokens
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The roles this run starts actors for: the algorithm's, with environment actors when an environment
+        is set, and without reward actors when the environment's rewards are the score (reward.kind=env)."""
+        roles = self.spec.roles
+        if self.env.enabled:
+            roles += ("env",)
+        if self.reward.kind == "env":
+            roles = tuple(r for r in roles if r != "reward")
+        return roles
+
+    @property
     def loss_agg(self) -> str:
         """The policy loss aggregation in force: ppo.loss_agg, or the algorithm's own when auto."""
         return self.spec.loss_agg if self.ppo.loss_agg == "auto" else self.ppo.loss_agg
@@ -391,12 +459,13 @@ class Config(_Strict):
     def unused_settings(self) -> list[str]:
         """Settings changed from their defaults in sections this algorithm's loop never reads."""
         spec = self.spec
-        unused = [s for s in ROLE_SECTIONS if s not in spec.roles]
+        unused = [s for s in ROLE_SECTIONS if s not in self.roles]
         if spec.update != "policy":
             unused.append("ppo")
         out = []
         for s in unused:
-            keys = sorted(k for k in getattr(self, s).model_fields_set if self.is_set(f"{s}.{k}"))
+            keys = sorted(k for k in getattr(self, s).model_fields_set
+                          if self.is_set(f"{s}.{k}") and f"{s}.{k}" not in ("reward.kind", "env.environment", "env.tools"))
             if keys:
                 out.append(f"{s}.{', '.join(keys)}: algorithm={self.algorithm} "
                            + (f"starts no {s}" if s in ROLE_SECTIONS else "does not read them"))
@@ -408,6 +477,17 @@ class Config(_Strict):
             if self.is_set(key):
                 raise ValueError(f"{key} is not read by algorithm={self.algorithm} ({self.spec.controller} loop): "
                                  f"set {instead} instead")
+        return self
+
+    @model_validator(mode="after")
+    def _environment_fits(self) -> "Config":
+        if self.reward.kind == "env" and not self.env.enabled:
+            raise ValueError("reward.kind=env scores trajectories by their environment's rewards: set env.environment or env.tools")
+        if self.env.enabled and self.spec.controller != "online":
+            raise ValueError(f"env.* (multi-turn rollouts) runs with the online algorithms (PPO, GRPO, RLOO, ...), "
+                             f"not algorithm={self.algorithm}")
+        if self.env.enabled and self.rollout.backend != "vllm":
+            raise ValueError("env.* (multi-turn rollouts) steps the vLLM engine turn by turn: set rollout.backend=vllm")
         return self
 
     @model_validator(mode="after")

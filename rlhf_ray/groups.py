@@ -64,6 +64,7 @@ class WorkerGroup:
             runtime_env={"env_vars": _actor_env(res, cfg.ray.cpu_malloc_keep_freed)},
             scheduling_strategy=None if pg is None else PlacementGroupSchedulingStrategy(
                 placement_group=pg, placement_group_bundle_index=rank),
+            **self.worker_cls.actor_options(cfg),
         ).remote(cfg, rank, self.world_size)
 
     def dead_ranks(self, timeout_s: float = 10.0) -> list[int]:

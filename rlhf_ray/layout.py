@@ -29,7 +29,7 @@ class GroupPlan:
 
 def active_roles(cfg: Config) -> list[str]:
     """The roles an algorithm starts actors for: its row of rlhf_ray.algorithms."""
-    return list(cfg.spec.roles)
+    return list(cfg.roles)
 
 
 def plan(cfg: Config, roles: list[str] | None = None) -> list[GroupPlan]:

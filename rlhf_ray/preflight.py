@@ -87,7 +87,7 @@ def preflight_submit(cfg: Config, echo=print, cluster: str | None = None, gpu_gi
 def check_reward_function(cfg: Config, sample: dict | None) -> None:
     """A rule reward is imported and called once with one row, as the reward actor will call it:
     f(prompts, responses, answers) -> one finite score per response."""
-    if cfg.reward.kind != "rule" or "reward" not in cfg.spec.roles or cfg.spec.trained_role == "reward":
+    if cfg.reward.kind != "rule" or "reward" not in cfg.roles or cfg.spec.trained_role == "reward":
         return
     fn = import_reward_function(cfg.reward.function)
     row = sample or make_arithmetic_split(1, 1, seed=0)[0][0]
@@ -107,7 +107,7 @@ def check_reward_function(cfg: Config, sample: dict | None) -> None:
 def check_environment(cfg: Config, where: str = "this machine") -> list[str]:
     """Environment variables the actors read: missing ones the run needs are errors, the rest warnings."""
     rc = cfg.reward
-    if "reward" in cfg.spec.roles and rc.kind == "http" and rc.token_env and not os.environ.get(rc.token_env):
+    if "reward" in cfg.roles and rc.kind == "http" and rc.token_env and not os.environ.get(rc.token_env):
         raise ValueError(f"reward.token_env={rc.token_env!r}: environment variable {rc.token_env} is not set (or "
                          f"empty) on {where}; the reward actors read it (on a cluster, every node needs it: "
                          f"`rlhf-ray submit --env {rc.token_env}=...` passes it to the job)")

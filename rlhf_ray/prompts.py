@@ -14,6 +14,7 @@ import torch
 from rlhf_ray.chat import chat_texts
 from rlhf_ray.config import Config
 from rlhf_ray.data.files import read_table
+from rlhf_ray.envs.guess import guess_rows
 from rlhf_ray.tasks.arithmetic import make_arithmetic_split
 
 
@@ -24,15 +25,17 @@ class PromptSet:
     ids: list[list[int]]
 
 
-def encode_prompts(tokenizer, rows: list[dict], cfg: Config, source: str, where: list[str] | None = None) -> PromptSet:
-    """``where[i]`` names row i in errors (e.g. "train.jsonl.gz line 17"); default "<source> row i"."""
+def encode_prompts(tokenizer, rows: list[dict], cfg: Config, source: str, where: list[str] | None = None,
+                   system_prompt: str | None = None) -> PromptSet:
+    """``where[i]`` names row i in errors (e.g. "train.jsonl.gz line 17"); default "<source> row i".
+    ``system_prompt`` replaces task.system_prompt (an environment's tools are described there)."""
     if not rows:
         raise ValueError(f"{source}: no prompts")
     where = where or [f"{source} row {i}" for i in range(len(rows))]
     for i, r in enumerate(rows):
         if not r.get("prompt"):
             raise ValueError(f"{where[i]}: missing or empty field 'prompt'")
-    texts = chat_texts(tokenizer, [r["prompt"] for r in rows], cfg.task.system_prompt, cfg.task.instruction)
+    texts = chat_texts(tokenizer, [r["prompt"] for r in rows], system_prompt or cfg.task.system_prompt, cfg.task.instruction)
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     limit = cfg.model.max_prompt_tokens
     for i, x in enumerate(ids):
@@ -42,15 +45,24 @@ def encode_prompts(tokenizer, rows: list[dict], cfg: Config, source: str, where:
     return PromptSet(rows, texts, ids)
 
 
-def load_task(cfg: Config, tokenizer) -> tuple[PromptSet, PromptSet]:
-    """(train, held-out) prompt sets of ``cfg.task``: generated arithmetic, or rows of GSM8K/JSONL files."""
+def load_task(cfg: Config, tokenizer, env_system_prompt: str | None = None) -> tuple[PromptSet, PromptSet]:
+    """(train, held-out) prompt sets of ``cfg.task``: generated arithmetic or guessing games, or rows of
+    GSM8K/JSONL files. ``env_system_prompt`` (an environment's tool descriptions) follows task.system_prompt."""
     t = cfg.task
-    if t.name == "arithmetic":
-        train, held_out = make_arithmetic_split(t.n_train, t.n_eval, seed=cfg.trainer.seed, max_operand=t.max_operand)
-        return encode_prompts(tokenizer, train, cfg, "task train"), encode_prompts(tokenizer, held_out, cfg, "task eval")
+    system = "\n\n".join(p for p in (t.system_prompt, env_system_prompt) if p) or None
+    if t.name in ("arithmetic", "guess_number"):
+        if t.name == "arithmetic":
+            train, held_out = make_arithmetic_split(t.n_train, t.n_eval, seed=cfg.trainer.seed, max_operand=t.max_operand,
+                                                    min_operand=t.min_operand, ops=tuple(t.ops))
+        else:
+            # Secrets repeat between the sets (there are only max_operand of them): the skill is the search.
+            train = guess_rows(t.n_train, seed=cfg.trainer.seed, high=t.max_operand)
+            held_out = guess_rows(t.n_eval, seed=cfg.trainer.seed + 1_000_003, high=t.max_operand)
+        return (encode_prompts(tokenizer, train, cfg, "task train", system_prompt=system),
+                encode_prompts(tokenizer, held_out, cfg, "task eval", system_prompt=system))
     (train, train_where), (held_out, eval_where) = load_prompt_files(cfg)
-    return (encode_prompts(tokenizer, train, cfg, t.train_file, train_where),
-            encode_prompts(tokenizer, held_out, cfg, t.eval_file or t.train_file, eval_where))
+    return (encode_prompts(tokenizer, train, cfg, t.train_file, train_where, system),
+            encode_prompts(tokenizer, held_out, cfg, t.eval_file or t.train_file, eval_where, system))
 
 
 def load_prompt_files(cfg: Config) -> tuple[tuple[list[dict], list[str]], tuple[list[dict], list[str]]]:

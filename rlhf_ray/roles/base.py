@@ -30,6 +30,11 @@ class Worker:
         seed_everything(cfg.trainer.seed + 1000 * rank)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
+    @staticmethod
+    def actor_options(cfg: Config) -> dict:
+        """Ray actor options of this role beyond resources and placement (environment actors run calls in threads)."""
+        return {}
+
     def check_packing(self, model: torch.nn.Module, forward=None) -> None:
         """Sets ``self.pack`` from ``model.sequence_packing`` and a check of ``model`` (rlhf_ray.models.packing)."""
         self.pack = use_packing(model, self.cfg.model.sequence_packing, f"{self.role}-{self.rank}", forward)

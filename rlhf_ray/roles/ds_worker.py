@@ -152,7 +152,7 @@ class DeepSpeedWorker(Worker):
     def step_normalizer(self, micro: list[Batch], rows_per_unit: int = 1) -> Normalizer:
         """Response tokens, sequences and units (of ``rows_per_unit`` rows) of one optimiser step:
         this rank's micro-batches, summed over the data-parallel ranks."""
-        horizon = self.cfg.rollout.max_new_tokens
+        horizon = self.cfg.max_response_tokens
         parts = [Normalizer.of(mb["response_mask"], rows_per_unit, horizon) for mb in micro]
         mine = sum(parts[1:], parts[0])
         if self.world_size == 1:

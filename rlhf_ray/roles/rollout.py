@@ -18,9 +18,12 @@ import torch
 
 from rlhf_ray.algos.masked import logprobs_from_logits
 from rlhf_ray.batch import build_batch
+from rlhf_ray.envs.engines import VLLMTurns
+from rlhf_ray.envs.format import TurnFormat
+from rlhf_ray.envs.loop import Trajectory, TurnLoop
 from rlhf_ray.models.forward import response_logprobs
 from rlhf_ray.models.headers import weight_shapes
-from rlhf_ray.models.loading import check_model_folder, load_causal_lm
+from rlhf_ray.models.loading import check_model_folder, load_causal_lm, load_tokenizer
 from rlhf_ray.models.vllm_weights import (WORKER_EXTENSION, join_weight_group, load_weights_into_vllm,
                                           receive_into_vllm, vllm_prompt_logprobs)
 from rlhf_ray.models.wire import unpack
@@ -39,9 +42,12 @@ class Rollout(Worker):
     def init_model(self, model_path: str) -> int:
         self.version = 0
         self.model_path = model_path
-        rc, mc = self.cfg.rollout, self.cfg.model
-        self.max_len = mc.max_prompt_tokens + rc.max_new_tokens
+        rc, mc, ec = self.cfg.rollout, self.cfg.model, self.cfg.env
+        self.max_len = mc.max_prompt_tokens + self.cfg.max_response_tokens
         check_model_folder(model_path)
+        if ec.enabled:
+            self.tokenizer = load_tokenizer(model_path)
+            self.turn_format = TurnFormat(self.tokenizer, ec.format, ec.observation_template)
         tied = bool(json.loads((Path(model_path) / "config.json").read_text()).get("tie_word_embeddings", False))
         self.receipt = SyncReceipt(f"rollout-{self.rank}", weight_shapes(model_path), tied)
         if rc.backend == "hf":
@@ -99,6 +105,28 @@ class Rollout(Worker):
             logps.append([lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs)])
             reasons.append(c.finish_reason)
         return {"response_ids": ids, "logprobs": logps, "finish_reasons": reasons}
+
+    def generate_trajectories(self, rows: list[dict], prompt_ids: list[list[int]], env_actors: list, greedy: bool = False,
+                              seed: int = 0, call_id: str = "t") -> dict:
+        """Multi-turn rollouts (rlhf_ray.envs.loop): one trajectory per prompt, with the environment actors.
+
+        Returns per trajectory its response ids (turns and observations), the policy-token mask, the
+        engine's log-probs (0 at observation tokens), how it ended, its last turn's text, the sum of the
+        environment's rewards, whether an environment call failed, its turns and counters; and the
+        weights version, the seconds spent, and the engine's busy and idle seconds."""
+        rc = self.cfg.rollout
+        start = time.perf_counter()
+        engine = VLLMTurns(self.engine, 0.0 if greedy else rc.temperature, 1.0 if greedy else rc.top_p)
+        loop = TurnLoop(engine, env_actors, self.turn_format, self.tokenizer, self.cfg.env, rc.max_new_tokens)
+        trajs = [Trajectory(f"{call_id}-{seed + i}", seed + i, row, list(p), seed + i)
+                 for i, (row, p) in enumerate(zip(rows, prompt_ids))]
+        timing = loop.run(trajs)
+        results = [t.result() for t in trajs]
+        out = {k: [r[k] for r in results] for k in results[0]}
+        out["finish_reasons"] = out.pop("finish_reason")
+        out["texts"] = out.pop("text")
+        out.update(timing, version=self.version, seconds=time.perf_counter() - start)
+        return out
 
     # -- weight sync (rlhf_ray.sync): every bucket checked against its manifest and this engine's model
     def load_weights(self, manifest: BucketManifest, bucket: list[tuple]) -> int:

@@ -24,7 +24,7 @@ from rlhf_ray.checkpoint import CheckpointManager, read_controller_state, rng_st
 from rlhf_ray.config_loading import save_config
 from rlhf_ray.groups import WorkerGroup, shutdown_groups, start_groups
 from rlhf_ray.report import write_report
-from rlhf_ray.roles import Critic, PolicyLearner, Reference, Reward, Rollout
+from rlhf_ray.roles import Critic, EnvHost, PolicyLearner, Reference, Reward, Rollout
 from rlhf_ray.roles.ds_worker import DeepSpeedWorker
 from rlhf_ray.preflight import preflight
 from rlhf_ray.roles.reward_trainer import RewardTrainer
@@ -33,7 +33,8 @@ from rlhf_ray.tracking import Tracker
 from rlhf_ray.trainers.inputs import RunInputs
 from rlhf_ray.trainers.session import init_ray, run_id
 
-ROLE_CLASSES = {"rollout": Rollout, "learner": PolicyLearner, "critic": Critic, "reference": Reference, "reward": Reward}
+ROLE_CLASSES = {"rollout": Rollout, "learner": PolicyLearner, "critic": Critic, "reference": Reference, "reward": Reward,
+                "env": EnvHost}
 FINITE_CHECKED = ("reward", "kl", "learner", "critic", "advantages", "returns")  # metric prefixes a NaN must not pass
 
 
@@ -58,7 +59,7 @@ class Controller:
     def __init__(self, inputs: RunInputs, roles: tuple[str, ...] | None = None):
         self.inputs, self.cfg = inputs, inputs.cfg
         self.spec, self.tokenizer, self.sampler = self.cfg.spec, inputs.tokenizer, inputs.sampler
-        self.roles = roles or self.spec.roles  # a command (best-of-n) may start fewer than its algorithm
+        self.roles = roles or self.cfg.roles  # a command (best-of-n) may start fewer than its algorithm
         # Every input checked while nothing is started yet; trainer.resume resolved once, here.
         self.checked = preflight(self.cfg, inputs.model_paths, inputs.sample_row(), self.roles)
         self.run_dir = Path(self.cfg.trainer.run_dir)

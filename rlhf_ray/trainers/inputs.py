@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from rlhf_ray.config import Config
 from rlhf_ray.data import DataError, Encoded, load_offline_data
+from rlhf_ray.envs.factory import make_environment
 from rlhf_ray.models.loading import load_tokenizer
 from rlhf_ray.prompts import PromptSampler, PromptSet, load_task
 from rlhf_ray.reward_functions import import_reward_function
@@ -21,9 +22,11 @@ def model_paths(cfg: Config) -> dict[str, str | None]:
     """The model folder each of the algorithm's roles loads (None: a reward that is no model)."""
     spec, paths = cfg.spec, {}
     learner = resolve_model_path(cfg.learner.model_path or cfg.model.path)
-    for role in spec.roles:
+    for role in cfg.roles:
         if role in ("rollout", "learner"):  # the engines serve the learner's weights from the start
             paths[role] = learner
+        elif role == "env":  # environments hold no model
+            paths[role] = None
         elif role in ("critic", "reference"):
             paths[role] = resolve_model_path(getattr(cfg, role).model_path or cfg.model.path)
         elif spec.trained_role == "reward":  # reward-model training starts from a reward model or the policy
@@ -67,7 +70,9 @@ class PromptInputs(RunInputs):
     def load(cls, cfg: Config) -> "PromptInputs":
         paths = model_paths(cfg)
         tokenizer = load_tokenizer(paths[cfg.spec.trained_role])
-        train_set, eval_set = load_task(cfg, tokenizer)
+        # The environment is built once here: its import and arguments fail before any actor starts.
+        env_prompt = make_environment(cfg.env).system_prompt() if cfg.env.enabled else None
+        train_set, eval_set = load_task(cfg, tokenizer, env_prompt)
         return cls(cfg, paths, tokenizer, PromptSampler(len(train_set.ids), cfg.trainer.seed), train_set, eval_set)
 
     def sample_row(self) -> dict | None:

@@ -8,11 +8,15 @@ exactly those stages; the loop, checkpoints and recovery come from Controller.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 
+import torch
+
 from rlhf_ray.batch import Batch, build_batch, split_batch, split_list
-from rlhf_ray.dispatch import generate_balanced
+from rlhf_ray.dispatch import generate_balanced, trajectories_balanced
+from rlhf_ray.envs.metrics import trajectory_metrics
 from rlhf_ray.roles import PolicyLearner, Rollout
 from rlhf_ray.sync.formation import form_weight_group
 from rlhf_ray.trainers.controller import Controller
@@ -27,15 +31,35 @@ class OnlineController(Controller):
         super().__init__(inputs, roles)
         self.train_set, self.eval_set = inputs.train_set, inputs.eval_set
         self.weight_group_members: list | None = None  # actors of the current weight group (sync.transport=collective)
+        self.call_ids = itertools.count()  # names each multi-turn generation's trajectories on the environment actors
 
-    def generate(self, prompt_ids: list[list[int]], greedy: bool, seed: int) -> dict:
-        """Prompts go to the rollout engine with the least outstanding work; answers come back in order."""
-        out = generate_balanced(self.rollout.actors, prompt_ids, greedy, seed, timeout_s=self.cfg.trainer.call_timeout_s)
+    def generate(self, prompt_ids: list[list[int]], greedy: bool, seed: int, rows: list[dict] | None = None) -> dict:
+        """Prompts go to the rollout engine with the least outstanding work; answers come back in order.
+        With an environment (env.*) each prompt row starts a multi-turn trajectory (rlhf_ray.envs.loop):
+        ``texts`` are then the final turns, and ``policy_mask`` marks the policy's own tokens."""
+        timeout = self.cfg.trainer.call_timeout_s
+        if self.cfg.env.enabled:
+            return trajectories_balanced(self.rollout.actors, self.env.actors, rows, prompt_ids, greedy, seed,
+                                         f"c{next(self.call_ids)}", timeout_s=timeout)
+        out = generate_balanced(self.rollout.actors, prompt_ids, greedy, seed, timeout_s=timeout)
         out["texts"] = self.tokenizer.batch_decode(out["response_ids"], skip_special_tokens=True)
         return out
 
+    def gather_scores(self, refs: list, gen: dict, what: str) -> torch.Tensor:
+        """The reward actors' scores (none with reward.kind=env) plus the environment's rewards; a
+        trajectory whose environment failed scores env.failure_reward."""
+        n = len(gen["response_ids"])
+        scores = self.reward.gather_cat(refs, what) if self.reward is not None else torch.zeros(n)
+        if "env_reward" not in gen:
+            return scores
+        scores = scores + torch.tensor(gen["env_reward"], dtype=scores.dtype)
+        return torch.where(torch.tensor(gen["failed"]), torch.tensor(self.cfg.env.failure_reward, dtype=scores.dtype), scores)
+
     def score(self, batch: Batch, rows: list[dict], texts: list[str]):
-        """Reward refs, one per reward actor, for the samples split evenly across them (in order)."""
+        """Reward refs, one per reward actor, for the samples split evenly across them (in order); none
+        when the environment's rewards are the score (reward.kind=env)."""
+        if self.reward is None:
+            return []
         n = self.reward.size
         prompts, answers = [r["prompt"] for r in rows], [r["answer"] for r in rows]
         # Only a reward model reads tokens; a rule or a remote service gets the texts alone.
@@ -46,11 +70,10 @@ class OnlineController(Controller):
 
     def generate_and_score(self, prompt_set, rows: list[int], seed: int):
         """Samples one response per entry of ``rows`` and scores it: (gen, batch, scores)."""
-        ids = [prompt_set.ids[i] for i in rows]
-        gen = self.generate(ids, greedy=False, seed=seed)
-        batch = build_batch(ids, gen["response_ids"], self.tokenizer.pad_token_id, gen["logprobs"])
-        scores = self.reward.gather_cat(self.score(batch, [prompt_set.rows[i] for i in rows], gen["texts"]),
-                                        "reward scores")
+        ids, row_dicts = [prompt_set.ids[i] for i in rows], [prompt_set.rows[i] for i in rows]
+        gen = self.generate(ids, greedy=False, seed=seed, rows=row_dicts)
+        batch = build_batch(ids, gen["response_ids"], self.tokenizer.pad_token_id, gen["logprobs"], gen.get("policy_mask"))
+        scores = self.gather_scores(self.score(batch, row_dicts, gen["texts"]), gen, "reward scores")
         return gen, batch, scores
 
     def evaluate(self, step: int) -> dict[str, float]:
@@ -58,17 +81,24 @@ class OnlineController(Controller):
         start = time.perf_counter()
         es = self.eval_set
         # An engine or reward actor lost here (its node gone) is replaced or dropped as in a step.
-        gen = self.recovering("evaluate", lambda: self.generate(es.ids, greedy=True, seed=0))
-        batch = build_batch(es.ids, gen["response_ids"], self.tokenizer.pad_token_id)
-        scores = self.recovering("evaluate", lambda: self.reward.gather_cat(self.score(batch, es.rows, gen["texts"]),
-                                                                            "eval scores"))
+        gen = self.recovering("evaluate", lambda: self.generate(es.ids, greedy=True, seed=0, rows=es.rows))
+        batch = build_batch(es.ids, gen["response_ids"], self.tokenizer.pad_token_id, policy_masks=gen.get("policy_mask"))
+        scores = self.recovering("evaluate", lambda: self.gather_scores(self.score(batch, es.rows, gen["texts"]), gen,
+                                                                        "eval scores"))
         with (self.run_dir / f"eval_step{step:05d}.jsonl").open("w") as f:
-            for row, text, s in zip(es.rows, gen["texts"], scores.tolist()):
-                f.write(json.dumps({"prompt": row["prompt"], "answer": row["answer"], "response": text, "score": s}) + "\n")
+            for i, (row, text, s) in enumerate(zip(es.rows, gen["texts"], scores.tolist())):
+                record = {"prompt": row["prompt"], "answer": row["answer"], "response": text, "score": s}
+                if "policy_mask" in gen:  # the whole trajectory, observations included, and how it went
+                    record.update(transcript=self.tokenizer.decode(gen["response_ids"][i]), turns=gen["turns"][i],
+                                  finish=gen["finish_reasons"][i], **gen["counters"][i])
+                f.write(json.dumps(record) + "\n")
         acc = float(scores.mean())
         print(f"[eval] step {step}: held-out accuracy {acc:.3f} on {len(es.ids)} prompts "
               f"({time.perf_counter() - start:.1f}s)", flush=True)
-        return {"eval/accuracy": acc, "time/eval": time.perf_counter() - start}
+        metrics = {"eval/accuracy": acc, "time/eval": time.perf_counter() - start}
+        if "policy_mask" in gen:
+            metrics.update({f"eval/{k}": v for k, v in trajectory_metrics(gen).items()})
+        return metrics
 
     def sync_weights(self, version: int) -> dict[str, float]:
         """Learner → every rollout engine; fails unless every engine then serves ``version``."""

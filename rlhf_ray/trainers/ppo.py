@@ -17,12 +17,16 @@ from concurrent.futures import ThreadPoolExecutor
 from rlhf_ray.algos import AdaptiveKLController, FixedKLController
 from rlhf_ray.algos.masked import masked_mean, masked_var
 from rlhf_ray.batch import Batch, build_batch
+from rlhf_ray.envs.metrics import TRUNCATIONS, trajectory_metrics
 from rlhf_ray.roles import Critic, PolicyLearner, Reference
 from rlhf_ray.tracking import StageTimer
 from rlhf_ray.trainers.controller import mean_dicts
 from rlhf_ray.trainers.estimate import group_metrics, penalize_and_estimate
 from rlhf_ray.trainers.inputs import PromptInputs
 from rlhf_ray.trainers.online import OnlineController
+
+
+TRUNCATED = ("length",) + TRUNCATIONS  # a single turn's, or a trajectory's (rlhf_ray.envs.loop)
 
 
 class PPOTrainer(OnlineController):
@@ -50,7 +54,9 @@ class PPOTrainer(OnlineController):
         start = time.perf_counter()
         with timer("generate"):  # the n samples of a prompt are consecutive rows from here on
             rows, prompts, gen = self.rollouts.take(step)
-            batch = build_batch(prompts, gen["response_ids"], self.tokenizer.pad_token_id, gen["logprobs"])
+            # Multi-turn: observation tokens are in the response but not the policy's (policy_mask).
+            batch = build_batch(prompts, gen["response_ids"], self.tokenizer.pad_token_id, gen["logprobs"],
+                                gen.get("policy_mask"))
             if ppo.async_rollout and step < self.cfg.trainer.total_steps:
                 self.rollouts.start(step + 1)  # runs while this step scores and trains (one step off-policy)
         with timer("score"):
@@ -73,11 +79,13 @@ class PPOTrainer(OnlineController):
         metrics = {**mean_dicts(pol_m), **mean_dicts(crit_m), **sync, **timer.seconds}
         metrics.update(self._sample_metrics(batch, scores, kl, seq_kl, gen, beta))
         metrics.update(group_metrics(scores, ppo.samples_per_prompt))
+        if "policy_mask" in gen:
+            metrics.update(trajectory_metrics(gen))
         metrics["offpolicy/staleness"] = float(step - 1 - min(gen["versions"]))
         metrics["time/generate_busy"] = gen["seconds_total"]
         metrics["time/step"] = time.perf_counter() - start
         metrics["throughput/samples_per_s"] = len(rows) / metrics["time/step"]
-        metrics["throughput/gen_tokens_per_s"] = float(batch["response_lengths"].sum()) / metrics["time/generate"]
+        metrics["throughput/gen_tokens_per_s"] = float(batch["response_mask"].sum()) / metrics["time/generate"]
         return metrics
 
     def shutdown(self) -> None:
@@ -107,12 +115,12 @@ class PPOTrainer(OnlineController):
         ref = self.reference.map_batch(Reference.compute_logprobs, batch)
         old = self.learner.map_batch(PolicyLearner.compute_logprobs, batch)
         val = self.critic.map_batch(Critic.compute_values, batch) if self.critic else None
-        rew = self.score(batch, [self.train_set.rows[i] for i in rows], gen["texts"])
+        rew = self.score(batch, [self.train_set.rows[i] for i in rows], gen["texts"])  # the final turns
         batch["ref_logprobs"] = self.reference.gather_cat(ref, "reference log-probs")
         batch["old_logprobs"] = self.learner.gather_cat(old, "learner log-probs")
         if val is not None:
             batch["old_values"] = self.critic.gather_cat(val, "critic values")
-        return self.reward.gather_cat(rew, "reward scores")
+        return self.gather_scores(rew, gen, "reward scores")
 
     def _sample_metrics(self, batch: Batch, scores, kl, seq_kl, gen, beta) -> dict[str, float]:
         mask, gap = batch["response_mask"], logprob_gap(batch)
@@ -121,7 +129,7 @@ class PPOTrainer(OnlineController):
             "reward/mean": float(scores.mean()), "reward/std": float(scores.std()) if len(scores) > 1 else 0.0,
             "kl/mean": float(seq_kl.mean()), "kl/token_mean": float(masked_mean(kl, mask)), "kl/beta": beta,
             "response/length_mean": float(lengths.mean()), "response/length_max": float(lengths.max()),
-            "response/truncated_frac": sum(r == "length" for r in gen["finish_reasons"]) / len(lengths),
+            "response/truncated_frac": sum(r in TRUNCATED for r in gen["finish_reasons"]) / len(lengths),
             "advantages/mean": float(masked_mean(batch["advantages"], mask)),
             "advantages/std": float(masked_var(batch["advantages"], mask).sqrt()),
             "returns/mean": float(masked_mean(batch["returns"], mask)),
@@ -149,16 +157,17 @@ class RolloutQueue:
         rows = self.trainer.inputs.sample_rows(ppo.prompts_per_step_global, ppo.samples_per_prompt)
         return rows, [self.trainer.train_set.ids[i] for i in rows]
 
-    def _generate(self, prompts, step: int) -> dict:
+    def _generate(self, rows: list[int], prompts, step: int) -> dict:
         start = time.perf_counter()
-        gen = self.trainer.generate(prompts, greedy=False, seed=step * 1_000_003)
+        row_dicts = [self.trainer.train_set.rows[i] for i in rows]  # an environment starts from its row
+        gen = self.trainer.generate(prompts, greedy=False, seed=step * 1_000_003, rows=row_dicts)
         gen["seconds_total"] = time.perf_counter() - start
         return gen
 
     def start(self, step: int) -> None:
         self.pool = self.pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout")
         rows, prompts = self._draw(step)
-        self.pending = (step, rows, prompts, self.pool.submit(self._generate, prompts, step))
+        self.pending = (step, rows, prompts, self.pool.submit(self._generate, rows, prompts, step))
 
     def wait(self) -> None:
         """Until the generation in flight (if any) has finished; its errors surface in take()."""
@@ -178,7 +187,7 @@ class RolloutQueue:
             if pending is not None:
                 pending[3].exception()
             rows, prompts = self._draw(step)
-        return rows, prompts, self.trainer.recovering("generate", lambda: self._generate(prompts, step))
+        return rows, prompts, self.trainer.recovering("generate", lambda: self._generate(rows, prompts, step))
 
     def close(self) -> None:
         if self.pool is not None:  # actors are killed next, which ends a generation in flight

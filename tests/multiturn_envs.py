@@ -1,0 +1,67 @@
+"""Environments for the multi-turn tests, named by import path as users name theirs
+(Ray workers import this module: the driver's sys.path reaches them)."""
+
+from __future__ import annotations
+
+import time
+
+from rlhf_ray.envs.base import Environment, Observation
+
+
+class TwoTurnEnv(Environment):
+    """Answers the first turn with an observation, ends after the second with a reward of its length."""
+
+    OBSERVATION = "seven"
+
+    def reset(self, row):
+        self.turn = 0
+
+    def step(self, action):
+        self.turn += 1
+        if self.turn == 1:
+            return Observation(text=self.OBSERVATION, info={"tool_calls": 1})
+        return Observation(done=True, reward=len(action) / 10)
+
+
+class NeverDoneEnv(Environment):
+    """Never ends the episode: max_turns or the token budget must."""
+
+    def __init__(self, observation: str = "again"):
+        self.observation = observation
+
+    def step(self, action):
+        return Observation(text=self.observation)
+
+
+class SlowEnv(Environment):
+    def step(self, action):
+        time.sleep(30)
+        return Observation(done=True)
+
+
+class RaisingEnv(Environment):
+    def step(self, action):
+        raise ValueError("the tool broke")
+
+
+class GarbageEnv(Environment):
+    def step(self, action):
+        return 42
+
+
+class NaNRewardEnv(Environment):
+    def step(self, action):
+        return Observation(done=True, reward=float("nan"))
+
+
+class FlakyEnv(Environment):
+    """Fails the first call of every trajectory, then ends it with reward 1: a retry recovers it."""
+
+    def reset(self, row):
+        self.calls = 0
+
+    def step(self, action):
+        self.calls += 1
+        if self.calls == 1:
+            raise ConnectionError("transient")
+        return Observation(done=True, reward=1.0)
