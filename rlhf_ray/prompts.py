@@ -14,6 +14,7 @@ import torch
 from rlhf_ray.chat import chat_texts
 from rlhf_ray.config import Config
 from rlhf_ray.data.files import read_table
+from rlhf_ray.envs.factory import make_environment
 from rlhf_ray.envs.guess import guess_rows
 from rlhf_ray.tasks.arithmetic import make_arithmetic_split
 
@@ -45,24 +46,37 @@ def encode_prompts(tokenizer, rows: list[dict], cfg: Config, source: str, where:
     return PromptSet(rows, texts, ids)
 
 
-def load_task(cfg: Config, tokenizer, env_system_prompt: str | None = None) -> tuple[PromptSet, PromptSet]:
+def load_task(cfg: Config, tokenizer) -> tuple[PromptSet, PromptSet]:
     """(train, held-out) prompt sets of ``cfg.task``: generated arithmetic or guessing games, or rows of
-    GSM8K/JSONL files. ``env_system_prompt`` (an environment's tool descriptions) follows task.system_prompt."""
+    GSM8K/JSONL files, under the run's system prompt (``run_system_prompt``)."""
+    t, system = cfg.task, run_system_prompt(cfg)
+    (train, train_where), (held_out, eval_where) = task_rows(cfg)
+    return (encode_prompts(tokenizer, train, cfg, t.train_file or "task train", train_where, system),
+            encode_prompts(tokenizer, held_out, cfg, t.eval_file or t.train_file or "task eval", eval_where, system))
+
+
+def task_rows(cfg: Config) -> tuple[tuple[list[dict], list[str] | None], tuple[list[dict], list[str] | None]]:
+    """((train rows, where), (held-out rows, where)) of ``cfg.task``, before the chat template; ``where``
+    names each row of a file in errors (None for generated rows)."""
     t = cfg.task
-    system = "\n\n".join(p for p in (t.system_prompt, env_system_prompt) if p) or None
-    if t.name in ("arithmetic", "guess_number"):
-        if t.name == "arithmetic":
-            train, held_out = make_arithmetic_split(t.n_train, t.n_eval, seed=cfg.trainer.seed, max_operand=t.max_operand,
-                                                    min_operand=t.min_operand, ops=tuple(t.ops))
-        else:
-            # Secrets repeat between the sets (there are only max_operand of them): the skill is the search.
-            train = guess_rows(t.n_train, seed=cfg.trainer.seed, high=t.max_operand)
-            held_out = guess_rows(t.n_eval, seed=cfg.trainer.seed + 1_000_003, high=t.max_operand)
-        return (encode_prompts(tokenizer, train, cfg, "task train", system_prompt=system),
-                encode_prompts(tokenizer, held_out, cfg, "task eval", system_prompt=system))
-    (train, train_where), (held_out, eval_where) = load_prompt_files(cfg)
-    return (encode_prompts(tokenizer, train, cfg, t.train_file, train_where, system),
-            encode_prompts(tokenizer, held_out, cfg, t.eval_file or t.train_file, eval_where, system))
+    if t.name == "arithmetic":
+        train, held_out = make_arithmetic_split(t.n_train, t.n_eval, seed=cfg.trainer.seed, max_operand=t.max_operand,
+                                                min_operand=t.min_operand, ops=tuple(t.ops))
+        return (train, None), (held_out, None)
+    if t.name == "guess_number":
+        # Secrets repeat between the sets (there are only max_operand of them): the skill is the search.
+        return ((guess_rows(t.n_train, seed=cfg.trainer.seed, high=t.max_operand), None),
+                (guess_rows(t.n_eval, seed=cfg.trainer.seed + 1_000_003, high=t.max_operand), None))
+    return load_prompt_files(cfg)
+
+
+def run_system_prompt(cfg: Config) -> str | None:
+    """task.system_prompt, then the environment's (its tools' descriptions, or env.system_prompt). The
+    environment is built here once: a wrong import path or argument fails before any actor starts."""
+    env = None
+    if cfg.env.enabled:
+        env = cfg.env.system_prompt if cfg.env.system_prompt is not None else make_environment(cfg.env).system_prompt()
+    return "\n\n".join(p for p in (cfg.task.system_prompt, env) if p) or None
 
 
 def load_prompt_files(cfg: Config) -> tuple[tuple[list[dict], list[str]], tuple[list[dict], list[str]]]:

@@ -8,11 +8,15 @@ after the tool's response. The tool's response in the trace is the calculator's 
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
+from rlhf_ray.config import Config
 from rlhf_ray.envs.base import OBSERVATION_ROLE
 from rlhf_ray.envs.calculator import calculator
 from rlhf_ray.envs.tools import format_tool_call
+from rlhf_ray.prompts import run_system_prompt, task_rows
 
 FINAL_ANSWER = "The answer is {answer}."
 _QUESTION = re.compile(r"^\s*What is (.+?)\?\s*$", re.DOTALL)
@@ -40,3 +44,20 @@ def calculator_sft_rows(rows: list[dict], system_prompt: str | None,
         out.append({"messages": [*prompt, call, {"role": OBSERVATION_ROLE, "content": result},
                                  {"role": "assistant", "content": final_answer.format(answer=row["answer"])}]})
     return out
+
+
+def write_calculator_traces(cfg: Config, path: str, n: int) -> int:
+    """Traces of the first ``n`` training questions of ``cfg.task`` (never its held-out ones), under the
+    run's own system prompt, written as JSONL for an SFT warm-up (``rlhf-ray make-traces``). Returns rows written."""
+    if cfg.task.name != "arithmetic":
+        raise ValueError(f"calculator traces are written for task.name=arithmetic, not {cfg.task.name}")
+    (train, _), _ = task_rows(cfg)
+    if n > len(train):
+        raise ValueError(f"--n {n} is more than the task's task.n_train={len(train)} training questions")
+    rows = calculator_sft_rows(train[:n], run_system_prompt(cfg))
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(out)  # never a half-written file under the name a later SFT run reads
+    return len(rows)

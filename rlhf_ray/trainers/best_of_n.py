@@ -26,7 +26,8 @@ def best_rows(scores: torch.Tensor, group_size: int) -> list[int]:
 
 def run_best_of_n(cfg: Config) -> dict:
     """Samples, scores and writes the chosen responses; returns a summary of the scores."""
-    ctl = OnlineController(PromptInputs.load(cfg), roles=("rollout", "reward"))
+    roles = tuple(r for r in ("rollout", "reward", "env") if r in cfg.roles)  # environments: multi-turn samples
+    ctl = OnlineController(PromptInputs.load(cfg), roles=roles)
     try:
         prompts = ctl.eval_set if cfg.raft.best_of_n_split == "eval" else ctl.train_set
         n = cfg.raft.samples_per_prompt

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 from rlhf_ray.config import Config
 from rlhf_ray.data import DataError, Encoded, load_offline_data
-from rlhf_ray.envs.factory import make_environment
 from rlhf_ray.models.loading import load_tokenizer
 from rlhf_ray.prompts import PromptSampler, PromptSet, load_task
 from rlhf_ray.reward_functions import import_reward_function
@@ -70,9 +69,7 @@ class PromptInputs(RunInputs):
     def load(cls, cfg: Config) -> "PromptInputs":
         paths = model_paths(cfg)
         tokenizer = load_tokenizer(paths[cfg.spec.trained_role])
-        # The environment is built once here: its import and arguments fail before any actor starts.
-        env_prompt = make_environment(cfg.env).system_prompt() if cfg.env.enabled else None
-        train_set, eval_set = load_task(cfg, tokenizer, env_prompt)
+        train_set, eval_set = load_task(cfg, tokenizer)
         return cls(cfg, paths, tokenizer, PromptSampler(len(train_set.ids), cfg.trainer.seed), train_set, eval_set)
 
     def sample_row(self) -> dict | None:
