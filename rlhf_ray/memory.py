@@ -161,7 +161,7 @@ def sequence_tokens(cfg: Config) -> tuple[int, int]:
     """(tokens of one row, of them the positions whose logits are kept): online, prompt + response with
     logits over the response (``logits_to_keep``); offline, ``offline.max_length`` for both (a bound)."""
     if cfg.is_online:
-        return cfg.model.max_prompt_tokens + cfg.rollout.max_new_tokens, cfg.rollout.max_new_tokens + 1
+        return cfg.model.max_prompt_tokens + cfg.max_response_tokens, cfg.max_response_tokens + 1
     return cfg.offline.max_length, cfg.offline.max_length
 
 
@@ -206,7 +206,7 @@ def rollout_estimate(cfg: Config, shape: ModelShape, gpu_bytes: int | None) -> E
     ro = cfg.rollout
     b = DTYPE_BYTES[cfg.model.dtype]
     tp = ro.tensor_parallel_size
-    seq = cfg.model.max_prompt_tokens + ro.max_new_tokens
+    seq = cfg.model.max_prompt_tokens + cfg.max_response_tokens
     weights = shape.params * b // tp
     per_token = shape.kv_bytes_per_token(b) // tp
     if ro.num_gpus_per_actor <= 0:
@@ -235,12 +235,14 @@ def rollout_estimate(cfg: Config, shape: ModelShape, gpu_bytes: int | None) -> E
 
 
 def role_model_kinds(cfg: Config) -> dict[str, tuple[str, str] | None]:
-    """role → (model path, kind) for each active role, None for a reward that is no model
-    (the folders of rlhf_ray/trainers/inputs.py model_paths, without needing weights)."""
+    """role → (model path, kind) for each active role, None for a reward that is no model and for
+    environments (the folders of rlhf_ray/trainers/inputs.py model_paths, without needing weights)."""
     policy = cfg.learner.model_path or cfg.model.path
     out: dict[str, tuple[str, str] | None] = {}
-    for role in cfg.spec.roles:
-        if role in ("rollout", "learner"):
+    for role in cfg.roles:
+        if role == "env":
+            out[role] = None
+        elif role in ("rollout", "learner"):
             out[role] = (policy, "causal_lm")
         elif role in ("critic", "reference"):
             out[role] = (getattr(cfg, role).model_path or cfg.model.path, "value" if role == "critic" else "causal_lm")
@@ -260,7 +262,8 @@ def role_estimates(cfg: Config, gpu_bytes: int | None = None) -> dict[str, Estim
     out = {}
     for role, model in role_model_kinds(cfg).items():
         if model is None:
-            out[role] = Estimate(role, False, {"runtime": CPU_RUNTIME}, notes=[f"reward.kind={cfg.reward.kind}: no model"])
+            why = "environments hold no model" if role == "env" else f"reward.kind={cfg.reward.kind}: no model"
+            out[role] = Estimate(role, False, {"runtime": CPU_RUNTIME}, notes=[why])
             continue
         shape = model_shape(model_folder(model[0]), model[1])
         if role == "rollout":

@@ -14,6 +14,7 @@ fitting the config). It starts nothing and writes nothing.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,19 @@ from rlhf_ray.plan import check_fit
 from rlhf_ray.reward_functions import check_scores, import_reward_function
 from rlhf_ray.rundir import check_resume, check_run_dir
 from rlhf_ray.tasks.arithmetic import make_arithmetic_split
+
+
+def check_sequence_length(cfg: Config, policy_path: str | None) -> None:
+    """The longest sequence a rollout engine holds (prompt + response: one turn, or a multi-turn
+    trajectory's budget) must fit the model's positions; vLLM would refuse it only after every actor started."""
+    if not policy_path:
+        return
+    limit = json.loads((Path(policy_path) / "config.json").read_text()).get("max_position_embeddings")
+    need = cfg.model.max_prompt_tokens + cfg.max_response_tokens
+    if limit and need > limit:
+        what = "env.max_total_tokens" if cfg.env.enabled else "rollout.max_new_tokens"
+        raise ValueError(f"model.max_prompt_tokens + {what} = {need} tokens, more than the {limit} positions of "
+                         f"{policy_path} (max_position_embeddings): lower one of them")
 
 
 @dataclass
@@ -52,6 +66,7 @@ def preflight(cfg: Config, model_paths: dict[str, str | None], sample: dict | No
         check_weights_readable(path)
     result.models = {r: model_fingerprint(model_paths[r]) for r in cfg.spec.trained_roles if model_paths.get(r)}
     check_reward_function(cfg, sample)
+    check_sequence_length(cfg, model_paths.get("rollout"))
     check_local_resources(cfg, roles)
     result.resume_from = resolve_resume(cfg.trainer.resume, cfg.trainer.run_dir)
     if result.resume_from is not None:

@@ -65,3 +65,17 @@ class FlakyEnv(Environment):
         if self.calls == 1:
             raise ConnectionError("transient")
         return Observation(done=True, reward=1.0)
+
+
+class FirstRowFailsLater(Environment):
+    """The first prompt's environment raises after 0.3 s while the others go on turn after turn: the
+    failure arrives while the engine is generating other trajectories' turns."""
+
+    def reset(self, row):
+        self.first = row["prompt"] == "What is 0 + 0?"
+
+    def step(self, action):
+        if self.first:
+            time.sleep(0.3)
+            raise ValueError("the tool broke")
+        return Observation(text="again")

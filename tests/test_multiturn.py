@@ -7,6 +7,7 @@ log-probs equal to the engine's on every turn, GAE over the policy's tokens alon
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import signal
@@ -48,7 +49,7 @@ def test_two_turn_trajectories_match_the_hand_computation(tiny_policy, tmp_path)
 
     cfg = load_config(overrides=_env_overrides(
         tiny_policy, tmp_path, "algorithm=ppo", "env.environment=tests.multiturn_envs:TwoTurnEnv", "reward.kind=env",
-        "ppo.whiten_advantages=false"))
+        "ppo.whiten_advantages=false", "rollout.num_actors=2", "env.num_actors=2"))
     trainer = PPOTrainer.from_config(cfg)
     try:
         tok = load_tokenizer(tiny_policy)
@@ -128,6 +129,9 @@ def _failure_cfg(policy, run_dir, *extra):
         "env.max_observation_tokens=16", *extra))
 
 
+_env_groups = itertools.count()
+
+
 def _trajectories(rollout, policy, environment: str, *extra, n: int = 3) -> dict:
     """n trajectories of the tiny prompts on ``rollout`` with a fresh environment actor of ``environment``."""
     from rlhf_ray.groups import WorkerGroup
@@ -135,7 +139,7 @@ def _trajectories(rollout, policy, environment: str, *extra, n: int = 3) -> dict
     from rlhf_ray.roles import EnvHost
 
     cfg = _failure_cfg(policy, "unused", f"env.environment={environment}", *extra)
-    env = WorkerGroup("env", EnvHost, cfg)
+    env = WorkerGroup("env", EnvHost, cfg, run_id=f"env{next(_env_groups)}")  # a fresh name: the last one may still be dying
     try:
         env.get(env.call(EnvHost.init_model, None))
         rows = [{"prompt": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(n)]
@@ -188,14 +192,38 @@ def test_on_failure_raise_stops_the_call_naming_actor_and_prompt(tiny_policy, tm
     from rlhf_ray.groups import WorkerGroup
     from rlhf_ray.roles import Rollout
 
-    cfg = _failure_cfg(tiny_policy, tmp_path, "env.on_failure=raise", "env.retries=0")
-    rollout = WorkerGroup("rollout", Rollout, cfg)
+    cfg = _failure_cfg(tiny_policy, tmp_path, "env.on_failure=raise", "env.retries=0", "env.max_turns=40",
+                       "env.max_total_tokens=400")
+    rollout = WorkerGroup("rollout", Rollout, cfg, run_id="raise")  # beside the module's engine
     try:
         rollout.get(rollout.call(Rollout.init_model, tiny_policy))
         with pytest.raises(ray.exceptions.RayTaskError) as e:
-            _trajectories(rollout, tiny_policy, "tests.multiturn_envs:RaisingEnv")
+            _trajectories(rollout, tiny_policy, "tests.multiturn_envs:FirstRowFailsLater", n=8)
         text = str(e.value)
-        assert "EnvCallError" in text and "on env-0 failed after 1 attempt(s)" in text
+        assert "EnvCallError" in text and "on env-0 failed after 1 attempt(s)" in text, text
         assert "prompt 'What is 0 + 0?'" in text and "ValueError: the tool broke" in text
+        # The failed generation's turns still running were dropped: the engine's next call starts clean.
+        out = _trajectories(rollout, tiny_policy, "tests.multiturn_envs:TwoTurnEnv")
+        assert out["finish_reasons"] == ["done"] * 3 and out["turns"] == [2] * 3
     finally:
         rollout.kill()
+
+
+def test_eval_command_runs_the_multi_turn_loop_on_a_prompt_file(tiny_policy, tmp_path, capsys):
+    import json
+
+    from rlhf_ray.cli import main
+
+    prompts = tmp_path / "questions.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n" for i in range(3)))
+    run_dir = tmp_path / "eval"
+    args = _env_overrides(tiny_policy, run_dir, "algorithm=grpo", "env.environment=tests.multiturn_envs:TwoTurnEnv",
+                          "reward.kind=env")
+    assert main(["eval", *args, "--prompts", str(prompts)]) == 0
+    out = capsys.readouterr().out
+    assert "eval/env/turns_mean: 2.0000" in out and "eval/prompts: 3.0000" in out
+    answers = [json.loads(line) for line in (run_dir / "eval_step00000.jsonl").read_text().splitlines()]
+    assert [a["prompt"] for a in answers] == [f"What is {i} + 1?" for i in range(3)]
+    for a in answers:  # the whole transcript, the observation inside it, and how the trajectory went
+        assert f"<|im_start|>tool\n{TwoTurnEnv.OBSERVATION}<|im_end|>" in a["transcript"]
+        assert a["turns"] == 2 and a["finish"] == "done" and math.isclose(a["score"], len(a["response"]) / 10, rel_tol=1e-6)

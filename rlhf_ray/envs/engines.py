@@ -14,6 +14,7 @@ class VLLMTurns:
     def __init__(self, llm, temperature: float, top_p: float):
         self.engine = llm.llm_engine
         self.temperature, self.top_p = temperature, top_p
+        self.running: set[str] = set()
 
     @property
     def busy(self) -> bool:
@@ -28,13 +29,21 @@ class VLLMTurns:
                                 logprobs=0, seed=seed, stop=list(stop), include_stop_str_in_output=True)
         params.output_kind = RequestOutputKind.FINAL_ONLY  # one output per turn, when it ends
         self.engine.add_request(key, TokensPrompt(prompt_token_ids=token_ids), params)
+        self.running.add(key)
 
     def step(self) -> list[TurnOutput]:
         out = []
         for o in self.engine.step():
             if o.finished:
+                self.running.discard(o.request_id)
                 c = o.outputs[0]
                 out.append(TurnOutput(o.request_id, list(c.token_ids),
                                       [lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs)],
                                       "length" if c.finish_reason == "length" else "stop"))
         return out
+
+    def abort(self) -> None:
+        """Drops the turns still running (a failed generation): the engine's next call starts clean."""
+        if self.running:
+            self.engine.abort_request(sorted(self.running))
+            self.running.clear()

@@ -180,12 +180,18 @@ class TurnLoop:
                     for out in outs:
                         self._after_turn(by_key[out.key.rsplit(":", 1)[0]], out)
                     answered = self.calls.poll(0.0)
-                else:
+                elif self.calls.pending:
                     s = time.perf_counter()
                     answered = self.calls.poll(1.0)
                     idle += time.perf_counter() - s
+                else:  # a bug, not a slow environment: never spin silently
+                    stuck = [t.key for t in trajs if not t.finish]
+                    raise RuntimeError(f"trajectories {stuck[:5]} are neither generating nor waiting for an environment")
                 for t, kind, result in answered:
                     self._after_env(t, kind, result)
+        except BaseException:
+            self.engine.abort()  # the engine's next generation must not meet this one's turns
+            raise
         finally:
             self.calls.close(trajs)
         return {"engine_busy_s": busy, "engine_idle_s": idle, "wall_s": time.perf_counter() - start}

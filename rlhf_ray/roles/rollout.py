@@ -41,6 +41,7 @@ class Rollout(Worker):
 
     def init_model(self, model_path: str) -> int:
         self.version = 0
+        self.trajectory_calls = 0
         self.model_path = model_path
         rc, mc, ec = self.cfg.rollout, self.cfg.model, self.cfg.env
         self.max_len = mc.max_prompt_tokens + self.cfg.max_response_tokens
@@ -118,7 +119,9 @@ class Rollout(Worker):
         start = time.perf_counter()
         engine = VLLMTurns(self.engine, 0.0 if greedy else rc.temperature, 1.0 if greedy else rc.top_p)
         loop = TurnLoop(engine, env_actors, self.turn_format, self.tokenizer, self.cfg.env, rc.max_new_tokens)
-        trajs = [Trajectory(f"{call_id}-{seed + i}", seed + i, row, list(p), seed + i)
+        # Keys name requests in the engine and environments on their actors: unique to this call.
+        self.trajectory_calls += 1
+        trajs = [Trajectory(f"{call_id}.{self.rank}.{self.trajectory_calls}-{seed + i}", seed + i, row, list(p), seed + i)
                  for i, (row, p) in enumerate(zip(rows, prompt_ids))]
         timing = loop.run(trajs)
         results = [t.result() for t in trajs]
