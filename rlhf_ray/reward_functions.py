@@ -6,33 +6,22 @@ which serves the same functions over HTTP and checks its answers the same way; n
 
 from __future__ import annotations
 
-import importlib
 import math
-import os
-import sys
 from typing import Callable
 
 import torch
+
+from rlhf_ray.imports import import_module_of
 
 RewardFn = Callable[[list[str], list[str], list[str]], list[float]]
 
 
 def import_reward_function(path: str) -> RewardFn:
-    """'package.module:function' → the function; errors name the path and what is wrong. Modules are
-    found from the working directory too, as `python -m` finds them (the `rlhf-ray` script's own
-    sys.path starts at its bin/ folder instead)."""
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"reward.function={path!r} must look like 'package.module:function'")
-    if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"reward.function={path!r}: cannot import module {module_name!r} ({e})") from None
+    """'package.module:function' → the function; errors name the path and what is wrong."""
+    module, attr = import_module_of(path, "reward.function", "function")
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise ValueError(f"reward.function={path!r}: module {module_name!r} has no function {attr!r}")
+        raise ValueError(f"reward.function={path!r}: module {module.__name__!r} has no function {attr!r}")
     return fn
 
 

@@ -10,7 +10,7 @@ import pytest
 from rlhf_ray.cli import main
 from rlhf_ray.config import ConfigError
 from rlhf_ray.config_loading import load_config
-from rlhf_ray.prompts import run_system_prompt
+from rlhf_ray.prompts import run_system_prompt, task_rows
 from tests.conftest import assert_fails_before_actors, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,8 +83,6 @@ def test_make_traces_writes_training_questions_only(tmp_path, capsys):
 
 
 def _eval_rows(config: str) -> list[dict]:
-    from rlhf_ray.prompts import task_rows
-
     return task_rows(load_config(config))[1][0]
 
 

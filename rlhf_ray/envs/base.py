@@ -15,11 +15,10 @@ reward functions. Tools are plain typed Python functions (``env.tools``), served
 
 from __future__ import annotations
 
-import importlib
 import math
-import os
-import sys
 from dataclasses import dataclass, field
+
+from rlhf_ray.imports import import_module_of
 
 OBSERVATION_ROLE = "tool"  # the chat role an observation given as plain text is rendered with
 
@@ -71,19 +70,10 @@ class Environment:
 
 
 def import_object(path: str, key: str):
-    """'package.module:name' → the object; errors name the config key, the path and what is wrong.
-    Modules are found from the working directory too, as `python -m` finds them."""
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"{key}={path!r} must look like 'package.module:name'")
-    if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"{key}={path!r}: cannot import module {module_name!r} ({e})") from None
+    """'package.module:name' → the object; errors name the config key, the path and what is wrong."""
+    module, attr = import_module_of(path, key, "name")
     if not hasattr(module, attr):
-        raise ValueError(f"{key}={path!r}: module {module_name!r} has no {attr!r}")
+        raise ValueError(f"{key}={path!r}: module {module.__name__!r} has no {attr!r}")
     return getattr(module, attr)
 
 

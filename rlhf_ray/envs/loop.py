@@ -46,10 +46,9 @@ class TurnOutput:
 @dataclass
 class Trajectory:
     key: str
-    index: int  # in the call's batch: picks the environment actor
+    index: int  # the global prompt index: picks the environment actor and seeds the turns' sampling
     row: dict
     prompt_ids: list[int]
-    seed: int
     ids: list[int] = field(default_factory=list)  # the response: policy and observation tokens
     mask: list[int] = field(default_factory=list)  # 1 where the policy generated the token
     logprobs: list[float] = field(default_factory=list)  # the engine's; 0 at observation tokens
@@ -200,7 +199,7 @@ class TurnLoop:
         for t in self.queue:
             budget = self.ec.max_total_tokens - len(t.ids)
             self.engine.submit(f"{t.key}:{t.turns}", t.prompt_ids + t.ids, min(self.max_new_tokens, budget), t.stop,
-                               t.seed + 7919 * t.turns)
+                               t.index + 7919 * t.turns)
         self.queue = []
 
     def _after_turn(self, t: Trajectory, out: TurnOutput) -> None:

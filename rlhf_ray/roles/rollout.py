@@ -121,7 +121,7 @@ class Rollout(Worker):
         loop = TurnLoop(engine, env_actors, self.turn_format, self.tokenizer, self.cfg.env, rc.max_new_tokens)
         # Keys name requests in the engine and environments on their actors: unique to this call.
         self.trajectory_calls += 1
-        trajs = [Trajectory(f"{call_id}.{self.rank}.{self.trajectory_calls}-{seed + i}", seed + i, row, list(p), seed + i)
+        trajs = [Trajectory(f"{call_id}.{self.rank}.{self.trajectory_calls}-{seed + i}", seed + i, row, list(p))
                  for i, (row, p) in enumerate(zip(rows, prompt_ids))]
         timing = loop.run(trajs)
         results = [t.result() for t in trajs]

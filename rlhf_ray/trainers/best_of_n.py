@@ -1,6 +1,6 @@
 """Best-of-n inference: n sampled responses per prompt, scored by the reward role; the best is kept.
 
-No training: only the rollout and reward roles start. Writes ``raft.best_of_n_file`` into the run
+No training: only the rollout and reward roles start (and environment actors with env.*). Writes ``raft.best_of_n_file`` into the run
 directory, one JSON object per prompt: prompt, answer, the best response, its score and all n scores.
 With a rule reward (1 = correct) the mean best score is best-of-n accuracy (pass@n for a 0/1 verifier)
 and the first sample's mean is plain sampling accuracy, so the two show what the reranking buys.
@@ -14,7 +14,7 @@ import torch
 
 from rlhf_ray.config import Config
 from rlhf_ray.trainers.inputs import PromptInputs, repeat_prompts
-from rlhf_ray.trainers.online import OnlineController
+from rlhf_ray.trainers.online import OnlineController, inference_roles
 
 
 def best_rows(scores: torch.Tensor, group_size: int) -> list[int]:
@@ -26,8 +26,7 @@ def best_rows(scores: torch.Tensor, group_size: int) -> list[int]:
 
 def run_best_of_n(cfg: Config) -> dict:
     """Samples, scores and writes the chosen responses; returns a summary of the scores."""
-    roles = tuple(r for r in ("rollout", "reward", "env") if r in cfg.roles)  # environments: multi-turn samples
-    ctl = OnlineController(PromptInputs.load(cfg), roles=roles)
+    ctl = OnlineController(PromptInputs.load(cfg), roles=inference_roles(cfg))
     try:
         prompts = ctl.eval_set if cfg.raft.best_of_n_split == "eval" else ctl.train_set
         n = cfg.raft.samples_per_prompt

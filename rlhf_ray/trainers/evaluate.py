@@ -13,7 +13,7 @@ import json
 
 from rlhf_ray.config import Config
 from rlhf_ray.trainers.inputs import PromptInputs
-from rlhf_ray.trainers.online import OnlineController
+from rlhf_ray.trainers.online import OnlineController, inference_roles
 
 PROMPT_FILE_ROWS = 1_000_000  # task.n_eval for a prompt file: all of its rows
 
@@ -25,8 +25,7 @@ def prompt_file_overrides(path: str) -> list[str]:
 
 def run_eval(cfg: Config) -> dict[str, float]:
     """The held-out metrics of the policy at model.path (eval/accuracy: the mean reward; with env.*, eval/env/...)."""
-    roles = tuple(r for r in ("rollout", "reward", "env") if r in cfg.roles)
-    ctl = OnlineController(PromptInputs.load(cfg), roles=roles)
+    ctl = OnlineController(PromptInputs.load(cfg), roles=inference_roles(cfg))
     try:
         metrics = ctl.evaluate(0)
     finally:

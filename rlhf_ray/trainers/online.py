@@ -15,12 +15,19 @@ import time
 import torch
 
 from rlhf_ray.batch import Batch, build_batch, split_batch, split_list
+from rlhf_ray.config import Config
 from rlhf_ray.dispatch import generate_balanced, trajectories_balanced
 from rlhf_ray.envs.metrics import trajectory_metrics
 from rlhf_ray.roles import PolicyLearner, Rollout
 from rlhf_ray.sync.formation import form_weight_group
 from rlhf_ray.trainers.controller import Controller
 from rlhf_ray.trainers.inputs import PromptInputs
+
+
+def inference_roles(cfg: Config) -> tuple[str, ...]:
+    """The roles a command that samples without training starts (best-of-n, eval): the engines, the
+    reward actors and, with env.*, the environment actors."""
+    return tuple(r for r in ("rollout", "reward", "env") if r in cfg.roles)
 
 
 class OnlineController(Controller):
