@@ -59,6 +59,18 @@ class ScoringBudget(_Strict):
         "(DeepSpeed's accumulation boundary needs it); not with zero_stage 3, whose ranks must run equal counts."))
 
 
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks
+
+
+class LoraConfig(_Strict):
+    rank: int = Field(16, ge=1, description="LoRA rank r of every adapted projection.")
+    alpha: float = Field(32.0, gt=0, description="LoRA α: the update B·A is scaled by α / r.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter's input while training (0 keeps training and rollout log-probs equal).")
+    targets: list[str] = Field(default_factory=lambda: list(LORA_TARGETS), min_length=1, description=(
+        "Names of the linear modules that get adapters (each must occur in the model; default: every attention and MLP projection)."))
+
+
 class TrainableRole(RoleResources, ScoringBudget):
     model_path: str | None = Field(None, description="HF model folder; empty = the policy's `model.path`.")
     zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage (0-3) across this role's actors.")
@@ -70,6 +82,14 @@ class TrainableRole(RoleResources, ScoringBudget):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     micro_batch_samples_per_actor: int = Field(4, ge=1, description="Samples per forward/backward pass on each actor.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    lora: LoraConfig | None = Field(None, description=(
+        "LoRA adapters (PEFT): only they (and a value or score head) train and sit in the optimizer; empty = full "
+        "fine-tuning, true = the defaults below. See docs/methods/lora.md."))
+
+    @field_validator("lora", mode="before")
+    @classmethod
+    def _lora_on_off(cls, v):
+        return {True: {}, False: None}.get(v, v) if isinstance(v, bool) else v  # `lora: on` (YAML reads a boolean)
 
 
 class ModelConfig(_Strict):
@@ -125,6 +145,9 @@ class RewardConfig(TrainableRole):
 class ReferenceConfig(RoleResources, ScoringBudget):
     model_path: str | None = Field(None, description="Reference HF folder; empty = the initial policy.")
     micro_batch_samples_per_actor: int = Field(8, ge=1, description="Samples per forward pass.")
+    source: Literal["actor", "learner_base"] = Field("actor", description=(
+        "Where reference log-probs come from: reference actors holding their own copy of the model, or (with "
+        "learner.lora) the learner itself with its adapters disabled: no reference actors, no second copy."))
 
 
 class KLConfig(_Strict):
@@ -320,6 +343,11 @@ class SyncConfig(_Strict):
         "pass over the weights on each side (0.3-1 s per sync of SmolLM2 on 2 CPU cores)."))
     group_timeout_s: float = Field(600.0, gt=0, description=(
         "transport=collective: seconds a member waits in the weight group's rendezvous or one broadcast before failing."))
+    lora: Literal["auto", "adapter", "merged"] = Field("auto", description=(
+        "With learner.lora: send the adapter alone, served by vLLM's LoRA support as a new version per sync "
+        "(always by the object store: it is small), or the merged weights of only the layers the adapter touches "
+        "(by sync.transport); auto = adapter where the engines can serve it (vLLM, a rank vLLM supports), merged "
+        "otherwise. The choice is printed at start."))
 
 
 class LoggingConfig(_Strict):
@@ -436,7 +464,30 @@ class Config(_Strict):
             roles += ("env",)
         if self.reward.kind == "env":
             roles = tuple(r for r in roles if r != "reward")
+        if self.reference.source == "learner_base":
+            roles = tuple(r for r in roles if r != "reference")
         return roles
+
+    @property
+    def lora_sync(self) -> str | None:
+        """How a LoRA learner's weights reach the engines (sync.lora resolved): "adapter" where vLLM can serve
+        the adapter (its ranks and projection modules), else "merged"; None without learner.lora."""
+        return self.lora_sync_choice()[0]
+
+    def lora_sync_choice(self) -> tuple[str | None, str]:
+        """(sync.lora resolved, why), printed at start."""
+        lora = self.learner.lora
+        if lora is None or "rollout" not in self.roles:
+            return None, "no LoRA learner feeding rollout engines"
+        if self.sync.lora != "auto":
+            return self.sync.lora, f"sync.lora={self.sync.lora}"
+        if self.rollout.backend != "vllm":
+            return "merged", f"rollout.backend={self.rollout.backend} serves no adapters"
+        if lora.rank not in VLLM_LORA_RANKS:
+            return "merged", f"vLLM serves LoRA ranks {list(VLLM_LORA_RANKS)}, not {lora.rank}"
+        if set(lora.targets) - set(LORA_TARGETS):
+            return "merged", f"vLLM serves no adapters on {sorted(set(lora.targets) - set(LORA_TARGETS))}"
+        return "adapter", "vLLM serves this adapter (sync.lora=auto)"
 
     @property
     def loss_agg(self) -> str:
@@ -468,7 +519,7 @@ class Config(_Strict):
         out = []
         for s in unused:
             keys = sorted(k for k in getattr(self, s).model_fields_set
-                          if self.is_set(f"{s}.{k}") and f"{s}.{k}" not in ("reward.kind", "env.environment", "env.tools"))
+                          if self.is_set(f"{s}.{k}") and f"{s}.{k}" not in ("reward.kind", "env.environment", "env.tools", "reference.source"))
             if keys:
                 out.append(f"{s}.{', '.join(keys)}: algorithm={self.algorithm} "
                            + (f"starts no {s}" if s in ROLE_SECTIONS else "does not read them"))
@@ -491,6 +542,23 @@ class Config(_Strict):
                              f"not algorithm={self.algorithm}")
         if self.env.enabled and self.rollout.backend != "vllm":
             raise ValueError("env.* (multi-turn rollouts) steps the vLLM engine turn by turn: set rollout.backend=vllm")
+        return self
+
+    @model_validator(mode="after")
+    def _lora_fits(self) -> "Config":
+        if self.reference.source == "learner_base" and self.learner.lora is None:
+            raise ValueError("reference.source=learner_base reads the reference from the learner with its adapters "
+                             "disabled: set learner.lora (e.g. learner.lora.rank=16), or reference.source=actor")
+        lora = self.learner.lora
+        if self.sync.lora == "adapter" and lora is not None:
+            if self.rollout.backend != "vllm":
+                raise ValueError("sync.lora=adapter needs vLLM's LoRA serving: set rollout.backend=vllm or sync.lora=merged")
+            if lora.rank not in VLLM_LORA_RANKS:
+                raise ValueError(f"sync.lora=adapter: vLLM serves LoRA ranks {list(VLLM_LORA_RANKS)}, not "
+                                 f"learner.lora.rank={lora.rank}; pick one of those or sync.lora=merged")
+            if set(lora.targets) - set(LORA_TARGETS):
+                raise ValueError(f"sync.lora=adapter: vLLM serves adapters on {list(LORA_TARGETS)}, not on "
+                                 f"{sorted(set(lora.targets) - set(LORA_TARGETS))} (learner.lora.targets); use sync.lora=merged")
         return self
 
     @model_validator(mode="after")

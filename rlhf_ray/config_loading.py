@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -34,12 +34,21 @@ def _set_path(tree: dict, keys: list[str], value: Any) -> None:
     tree[keys[-1]] = value
 
 
+def _section_type(annotation) -> type[BaseModel] | None:
+    """The section class of a field: ``Section`` or an optional one (``Section | None``, e.g. learner.lora)."""
+    for t in (annotation, *get_args(annotation)):
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            return t
+    return None
+
+
 def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        section = _section_type(field.annotation) if field is not None else None
+        if section is None:
             return []
-        model = field.annotation
+        model = section
     return list(model.model_fields)
 
 
@@ -97,8 +106,12 @@ def config_table(node: BaseModel | None = None, prefix: str = "") -> list[tuple[
     rows = []
     for name, field in type(node).model_fields.items():
         value = getattr(node, name)
+        section = _section_type(field.annotation)
         if isinstance(value, BaseModel):
             rows += config_table(value, f"{prefix}{name}.")
+        elif value is None and section is not None:  # an optional section, off by default: its keys once it is set
+            rows.append((f"{prefix}{name}", repr(value), field.description or ""))
+            rows += [(k, d, f"(with {prefix}{name} set) {doc}") for k, d, doc in config_table(section(), f"{prefix}{name}.")]
         else:
             rows.append((f"{prefix}{name}", repr(value), field.description or ""))
     return rows

@@ -11,8 +11,9 @@ from rlhf_ray.envs.loop import TurnOutput
 
 
 class VLLMTurns:
-    def __init__(self, llm, temperature: float, top_p: float):
+    def __init__(self, llm, temperature: float, top_p: float, lora_request=None):
         self.engine = llm.llm_engine
+        self.lora_request = lora_request  # the adapter version every turn of this call is generated with
         self.temperature, self.top_p = temperature, top_p
         self.running: set[str] = set()
 
@@ -28,7 +29,7 @@ class VLLMTurns:
         params = SamplingParams(n=1, temperature=self.temperature, top_p=self.top_p, max_tokens=max_tokens,
                                 logprobs=0, seed=seed, stop=list(stop), include_stop_str_in_output=True)
         params.output_kind = RequestOutputKind.FINAL_ONLY  # one output per turn, when it ends
-        self.engine.add_request(key, TokensPrompt(prompt_token_ids=token_ids), params)
+        self.engine.add_request(key, TokensPrompt(prompt_token_ids=token_ids), params, lora_request=self.lora_request)
         self.running.add(key)
 
     def step(self) -> list[TurnOutput]:

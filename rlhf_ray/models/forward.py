@@ -16,7 +16,7 @@ from torch import nn
 from rlhf_ray.algos.masked import entropy_from_logits, logprobs_from_logits, masked_sum
 from rlhf_ray.batch import Batch
 from rlhf_ray.models.loading import check_model_folder
-from rlhf_ray.models.packing import pack as pack_rows, packed_response_logits, unpack
+from rlhf_ray.models.packing import hf_model, pack as pack_rows, packed_response_logits, unpack
 
 
 def _model_inputs(batch: Batch, device) -> dict:
@@ -84,8 +84,8 @@ class ValueModel(nn.Module):
                                position_ids=position_ids, use_cache=False).last_hidden_state
         return self.value_head(hidden).squeeze(-1)
 
-    def gradient_checkpointing_enable(self):
-        self.backbone.gradient_checkpointing_enable()
+    def gradient_checkpointing_enable(self, **kwargs):
+        self.backbone.gradient_checkpointing_enable(**kwargs)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.backbone.get_input_embeddings()
@@ -120,6 +120,7 @@ def sequence_scores(model: nn.Module, batch: Batch, pack: bool = False) -> torch
     token equals the end token; so the backbone and the score layer are run here and pooled by length.
     """
     device = next(model.parameters()).device
+    model = hf_model(model)
     backbone = getattr(model, model.base_model_prefix)
     if pack:
         layout = pack_rows(batch)

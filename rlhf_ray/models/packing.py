@@ -98,13 +98,19 @@ def pack(batch: Batch, pad_id: int = 0) -> PackedLayout:
                         batch["response_ids"][dst_row_t, dst_col_t], dst_row_t, dst_col_t, last_bin, last_col)
 
 
+def hf_model(model: nn.Module) -> nn.Module:
+    """The transformers model inside a DeepSpeed engine and a PEFT wrapper (LoRA adapts its layers in place)."""
+    module = getattr(model, "module", model)
+    return module.get_base_model() if hasattr(module, "get_base_model") else module
+
+
 def packed_response_logits(model: nn.Module, layout: PackedLayout, device) -> torch.Tensor:
     """Logits [N, V] at the positions predicting the response tokens, from one packed forward.
 
     The model runs whole (through a DeepSpeed engine's forward when given one, so ZeRO-3's hooks
     run as usual) with the LM head on one column; the backbone's last hidden state is caught on its
     way out and only the N response positions go through the LM head."""
-    module = getattr(model, "module", model)  # a DeepSpeed engine's model, or the model itself
+    module = hf_model(model)
     backbone = getattr(module, module.base_model_prefix)
     caught = {}
 

@@ -40,7 +40,7 @@ from rlhf_ray.sync.manifest import BucketManifest
 WORKER_EXTENSION = "rlhf_ray.models.vllm_weights.WeightSyncExtension"
 
 # HF names that vLLM fuses into one parameter; all members must arrive together.
-_FUSED_GROUPS = (
+FUSED_GROUPS = (
     (re.compile(r"^(.*\.self_attn\.)(q|k|v)_proj\.(weight|bias)$"), ("q", "k", "v")),
     (re.compile(r"^(.*\.mlp\.)(gate|up)_proj\.(weight|bias)$"), ("gate", "up")),
 )
@@ -97,7 +97,7 @@ def _reload(worker, named: list[tuple[str, torch.Tensor]]) -> None:
 def _check_fused_groups(names: list[str]) -> None:
     seen: dict[tuple, set[str]] = defaultdict(set)
     for name in names:
-        for pattern, members in _FUSED_GROUPS:
+        for pattern, members in FUSED_GROUPS:
             m = pattern.match(name)
             if m:
                 seen[(m.group(1), m.group(3), members)].add(m.group(2))
@@ -202,7 +202,7 @@ def vllm_named_parameters(llm) -> list[tuple[str, torch.Tensor]]:
     return named
 
 
-def vllm_prompt_logprobs(llm, token_ids: list[int]) -> list[float]:
+def vllm_prompt_logprobs(llm, token_ids: list[int], lora_request=None) -> list[float]:
     """Log-probs of token_ids[1:] given their prefixes, under the engine's current weights.
 
     A layout-independent fingerprint of the served weights: equal (to ~1e-5 in float32) to
@@ -213,5 +213,6 @@ def vllm_prompt_logprobs(llm, token_ids: list[int]) -> list[float]:
     from vllm.inputs import TokensPrompt
 
     params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-    out = llm.generate([TokensPrompt(prompt_token_ids=list(token_ids))], params, use_tqdm=False)[0]
+    out = llm.generate([TokensPrompt(prompt_token_ids=list(token_ids))], params, use_tqdm=False,
+                       lora_request=lora_request)[0]
     return [step[t].logprob for step, t in zip(out.prompt_logprobs[1:], token_ids[1:])]

@@ -14,6 +14,7 @@ from rlhf_ray.roles.ds_worker import DeepSpeedWorker
 
 class Critic(DeepSpeedWorker):
     role = "critic"
+    lora_heads = ("value_head",)
 
     def init_model(self, model_path: str) -> int:
         model = ValueModel.from_pretrained(model_path)

@@ -18,13 +18,20 @@ from rlhf_ray.checkpoint import rng_state, safe_checkpoint_engine, set_rng_state
 from rlhf_ray.batch import Batch, batch_size, micro_batches, select
 from rlhf_ray.config import Config, TrainableRole
 from rlhf_ray.models.loading import load_tokenizer
+from rlhf_ray.models.lora import (adapter_config_json, adapter_parameters, apply_lora, hf_name, merged_parameters,
+                                  save_adapter)
 from rlhf_ray.rendezvous import bind, is_loopback, tcp_store
 from rlhf_ray.roles.base import Worker
 from rlhf_ray.roles.grad_norm import step_grad_norm
 
 
 class DeepSpeedWorker(Worker):
-    """A rank of a DeepSpeed-trained role; subclasses build the model and the loss."""
+    """A rank of a DeepSpeed-trained role; subclasses build the model and the loss. With
+    ``<role>.lora`` the model is wrapped in LoRA adapters (rlhf_ray.models.lora) before DeepSpeed
+    sees it: only the adapters and the subclass's ``lora_heads`` train and sit in the optimizer."""
+
+    lora_heads: tuple[str, ...] = ()  # modules trained in full beside the adapters (a value or score head)
+    causal_lm = False  # PEFT's CAUSAL_LM task type: its saved adapter loads with PeftModelForCausalLM
 
     def __init__(self, cfg: Config, rank: int = 0, world_size: int = 1):
         super().__init__(cfg, rank, world_size)
@@ -82,11 +89,19 @@ class DeepSpeedWorker(Worker):
             "wall_clock_breakdown": False,
         }
 
+    @property
+    def lora(self) -> bool:
+        return self.role_cfg.lora is not None
+
     def _initialize(self, model: torch.nn.Module) -> None:
         import deepspeed
 
         if self.role_cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            # Non-reentrant: with frozen embeddings (LoRA) the reentrant variant would see no input needing
+            # a gradient and drop the adapters' gradients inside each checkpointed layer.
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.lora:
+            model = apply_lora(model, self.role_cfg.lora, f"{self.role}.lora", self.lora_heads, self.causal_lm)
         self.engine, *_ = deepspeed.initialize(
             model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
             config=self.ds_config())
@@ -95,6 +110,20 @@ class DeepSpeedWorker(Worker):
     @property
     def module(self) -> torch.nn.Module:
         return self.engine.module
+
+    def parameter_counts(self) -> dict[str, int]:
+        """This rank's model: all parameters, those that train, the LoRA factors among them, and the
+        elements of Adam's first moment this rank's optimizer holds (0 before the first step; under
+        ZeRO the rank's partition, padded)."""
+        def numel(p):
+            return getattr(p, "ds_numel", p.numel())  # ZeRO-3 leaves an empty placeholder on the module
+
+        named = list(self.module.named_parameters())
+        inner = getattr(self.engine.optimizer, "optimizer", self.engine.optimizer)
+        return {"total": sum(numel(p) for _, p in named),
+                "trainable": sum(numel(p) for _, p in named if p.requires_grad),
+                "lora": sum(numel(p) for n, p in named if ".lora_" in n),
+                "in_optimizer": sum(s["exp_avg"].numel() for s in inner.state.values() if "exp_avg" in s)}
 
     # -- the PPO-style update loop: epochs × shuffled minibatches × micro-batches
     def _train_epochs(self, batch: Batch, loss_fn, epochs: int = 1) -> dict[str, float]:
@@ -185,37 +214,46 @@ class DeepSpeedWorker(Worker):
         micro = self.role_cfg.micro_batch_samples_per_actor * rows_per_unit
         return self._run_steps([list(micro_batches(batch, micro))], loss_fn, rows_per_unit)
 
-    def save_hf(self, path: str, tokenizer_from: str) -> str:
+    def save_hf(self, path: str, tokenizer_from: str, adapter_path: str | None = None) -> str:
         """Writes the model as an HF folder (safetensors, config, tokenizer from ``tokenizer_from``)
-        that `from_pretrained` and vLLM load. Every rank must call it: under ZeRO-3 the full weights
+        that `from_pretrained` and vLLM load; with LoRA the adapters merged in, and (``adapter_path``)
+        the adapter alone as a PEFT folder. Every rank must call it: under ZeRO-3 the full weights
         are gathered one parameter at a time (collectively), and rank 0 writes them."""
         import deepspeed
 
-        zero3 = self.role_cfg.zero_stage == 3
-        state = {}
-        for name, p in self.module.named_parameters():
-            with deepspeed.zero.GatheredParameters([p], enabled=zero3):
-                if self.rank == 0:
-                    state[name] = p.detach().to("cpu", copy=True)
-        if self.rank == 0:
-            saved = self.module.state_dict().keys()  # persistent buffers only
+        zero3, source = self.role_cfg.zero_stage == 3, self.rank == 0
+        if self.lora:
+            state = dict(merged_parameters(self.module, zero3, source))
+            adapter = list(adapter_parameters(self.module, zero3, source)) if adapter_path else []
+            model = self.module.get_base_model()
+        else:
+            state, adapter, model = {}, [], self.module
+            for name, p in self.module.named_parameters():
+                with deepspeed.zero.GatheredParameters([p], enabled=zero3):
+                    if source:
+                        state[name] = p.detach().to("cpu", copy=True)
+        if source:
+            saved = {hf_name(n) for n in self.module.state_dict()}  # persistent buffers only
             for name, b in self.module.named_buffers():
-                if name in saved:
-                    state.setdefault(name, b.detach().to("cpu", copy=True))
-            self.module.save_pretrained(path, state_dict=state, safe_serialization=True)
+                if hf_name(name) in saved:
+                    state.setdefault(hf_name(name), b.detach().to("cpu", copy=True))
+            model.save_pretrained(path, state_dict=state, safe_serialization=True)
             load_tokenizer(tokenizer_from).save_pretrained(path)
+            if adapter:
+                save_adapter(adapter_path, adapter, adapter_config_json(self.module))
         return path
 
     # -- checkpoints: every rank saves and loads its own partition (ZeRO), collectively
     def save_state(self, folder: str) -> None:
         """DeepSpeed state (weights, optimizer, scheduler) plus this rank's update count and RNG."""
-        self.engine.save_checkpoint(folder, tag="state", save_latest=False)
+        # With LoRA the frozen base is the model folder's: the checkpoint holds the adapters (and heads) alone.
+        self.engine.save_checkpoint(folder, tag="state", save_latest=False, exclude_frozen_parameters=self.lora)
         with open(os.path.join(folder, f"rank{self.rank}.json"), "w") as f:
             json.dump({"updates": self._updates, "rng": rng_state()}, f)
 
     def load_state(self, folder: str) -> int:
         path, _ = self.engine.load_checkpoint(folder, tag="state", load_optimizer_states=True,
-                                              load_lr_scheduler_states=True)
+                                              load_lr_scheduler_states=True, load_module_strict=not self.lora)
         if path is None:
             raise FileNotFoundError(f"{self.role}-{self.rank}: no DeepSpeed state in {folder}")
         with open(os.path.join(folder, f"rank{self.rank}.json")) as f:

@@ -13,8 +13,10 @@ from rlhf_ray.algos.offline import kto_objective, kto_reference_point_distribute
 from rlhf_ray.batch import Batch, select
 from rlhf_ray.models.forward import response_logprobs, sequence_logprobs
 from rlhf_ray.models.loading import load_causal_lm
+from rlhf_ray.models.lora import adapter_config_json, adapter_digest, adapter_parameters, merged_parameters
 from rlhf_ray.rendezvous import bind
 from rlhf_ray.roles.ds_worker import DeepSpeedWorker
+from rlhf_ray.sync.adapter import send_adapter
 from rlhf_ray.sync.buckets import layer_buckets
 from rlhf_ray.sync.group import WeightGroup
 from rlhf_ray.sync.send import BucketSender
@@ -22,6 +24,7 @@ from rlhf_ray.sync.send import BucketSender
 
 class PolicyLearner(DeepSpeedWorker):
     role = "learner"
+    causal_lm = True
 
     def init_model(self, model_path: str) -> int:
         model = load_causal_lm(model_path, torch.float32)
@@ -33,6 +36,17 @@ class PolicyLearner(DeepSpeedWorker):
         t = self.cfg.rollout.temperature
         return self._forward_eval(batch, lambda mb: response_logprobs(self.engine, mb, t, pack=self.pack)[0],
                                   per_token=True)
+
+    # -- the reference for free (reference.source=learner_base): the same forward, adapters off
+    def compute_base_logprobs(self, batch: Batch) -> torch.Tensor:
+        """The reference's token log-probs: the frozen base the adapters sit on, i.e. the initial policy."""
+        with self.module.disable_adapter():
+            return self.compute_logprobs(batch)
+
+    def compute_base_sequence_logprobs(self, batch: Batch) -> torch.Tensor:
+        """The reference's [B, 2] summed response log-probs and token counts (offline methods)."""
+        with self.module.disable_adapter():
+            return self.compute_sequence_logprobs(batch)
 
     def train_policy(self, batch: Batch, kl_coef: float) -> dict[str, float]:
         """ppo.epochs of the algorithm's policy objective (its row's POLICY_LOSSES entry and loss
@@ -119,10 +133,19 @@ class PolicyLearner(DeepSpeedWorker):
     def push_weights(self, engines: list, version: int) -> dict[str, float]:
         """Gathers full weights (ZeRO-3 needs every rank to join) and, on rank 0, sends them to every
         rollout engine in layer-aligned buckets of about sync.bucket_mb MiB by sync.transport: one
-        object-store put or one broadcast per bucket, never one call per parameter."""
+        object-store put or one broadcast per bucket, never one call per parameter. A LoRA learner
+        sends its adapter alone (cfg.lora_sync "adapter", rlhf_ray.sync.adapter) or the merged weights
+        of the layers it touches ("merged")."""
         start = time.perf_counter()
-        sync = self.cfg.sync
-        named = self._full_parameters(to_host=sync.transport == "object_store")
+        sync, mode = self.cfg.sync, self.cfg.lora_sync
+        zero3, source, to_host = self.role_cfg.zero_stage == 3, self.rank == 0, sync.transport == "object_store"
+        if mode == "adapter":
+            named = list(adapter_parameters(self.module, zero3, source))
+            return send_adapter(engines, version, named, adapter_config_json(self.module)) if source else {}
+        if mode == "merged":
+            named = merged_parameters(self.module, zero3, source, touched_only=True, to_host=to_host)
+        else:
+            named = self._full_parameters(to_host=to_host)
         if self.rank != 0:
             for _ in named:  # joins rank 0's gathers
                 pass
@@ -136,6 +159,11 @@ class PolicyLearner(DeepSpeedWorker):
         return {"sync/bytes": float(sender.bytes), "sync/buckets": float(sender.buckets), "sync/seconds": seconds,
                 "sync/bytes_per_s": sender.bytes / seconds if seconds else 0.0,
                 **{f"sync/{stage}_s": s for stage, s in sender.seconds.items()}}
+
+    def adapter_digest(self) -> str:
+        """Fingerprint of the current adapter (rlhf_ray.models.lora.adapter_digest), as an engine reports it."""
+        named = list(adapter_parameters(self.module, self.role_cfg.zero_stage == 3, self.rank == 0))
+        return adapter_digest(named) if self.rank == 0 else ""
 
     def _full_parameters(self, to_host: bool):
         """(name, full tensor) of every parameter in order on rank 0, (name, None) on the others; under

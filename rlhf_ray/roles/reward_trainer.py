@@ -16,6 +16,7 @@ from rlhf_ray.roles.ds_worker import DeepSpeedWorker
 
 class RewardTrainer(DeepSpeedWorker):
     role = "reward"
+    lora_heads = ("score",)
 
     def init_model(self, model_path: str) -> int:
         """From a sequence-classification folder (``reward.model_path``), or from a causal LM with a

@@ -24,10 +24,12 @@ from rlhf_ray.envs.loop import Trajectory, TurnLoop
 from rlhf_ray.models.forward import response_logprobs
 from rlhf_ray.models.headers import weight_shapes
 from rlhf_ray.models.loading import check_model_folder, load_causal_lm, load_tokenizer
+from rlhf_ray.models.vllm_lora import ServedAdapter, engine_lora_args
 from rlhf_ray.models.vllm_weights import (WORKER_EXTENSION, join_weight_group, load_weights_into_vllm,
                                           receive_into_vllm, vllm_prompt_logprobs)
 from rlhf_ray.models.wire import unpack
 from rlhf_ray.roles.base import Worker
+from rlhf_ray.sync.adapter import check_adapter
 from rlhf_ray.sync.buckets import receive_bucket
 from rlhf_ray.sync.group import WeightGroup
 from rlhf_ray.sync.manifest import BucketManifest, SyncReceipt, check_bucket
@@ -50,7 +52,9 @@ class Rollout(Worker):
             self.tokenizer = load_tokenizer(model_path)
             self.turn_format = TurnFormat(self.tokenizer, ec.format, ec.observation_template)
         tied = bool(json.loads((Path(model_path) / "config.json").read_text()).get("tie_word_embeddings", False))
-        self.receipt = SyncReceipt(f"rollout-{self.rank}", weight_shapes(model_path), tied)
+        self.receipt = SyncReceipt(f"rollout-{self.rank}", weight_shapes(model_path), tied,
+                                   whole_first_sync=self.cfg.lora_sync != "merged")
+        self.adapter: ServedAdapter | None = None  # sync.lora=adapter: the LoRA version this engine serves
         if rc.backend == "hf":
             self.engine = HFEngine(load_causal_lm(model_path, getattr(torch, mc.dtype)).to(self.device))
             return 0
@@ -64,6 +68,7 @@ class Rollout(Worker):
         # vLLM rewinds a seeded request's generator when its prompt is prefilled in parts (chunked
         # prefill), which CPU generators cannot do ("CPU Generator does not use offset"): on CPU the
         # token budget of a step holds every running request's whole sequence, so none is split.
+        lora = engine_lora_args(self.cfg.learner.lora.rank) if self.cfg.lora_sync == "adapter" else {}
         budget = {} if torch.cuda.is_available() else {"max_num_seqs": CPU_MAX_SEQS,
                                                        "max_num_batched_tokens": CPU_MAX_SEQS * self.max_len}
         self.engine = LLM(model=model_path, dtype=mc.dtype, enforce_eager=True, seed=self.cfg.trainer.seed + self.rank,
@@ -72,8 +77,15 @@ class Rollout(Worker):
                           enable_prefix_caching=rc.enable_prefix_caching, disable_log_stats=True,
                           worker_extension_cls=WORKER_EXTENSION,  # weight updates run in vLLM's workers
                           # log-probs after temperature scaling, as the learner computes them
-                          logprobs_mode="processed_logprobs")
+                          logprobs_mode="processed_logprobs", **lora)
+        if lora:
+            self.adapter = ServedAdapter(self.engine, self.receipt.engine)
         return 0
+
+    @property
+    def lora_request(self):
+        """The adapter every request carries (sync.lora=adapter); None: the engine's own weights."""
+        return self.adapter.request if self.adapter is not None else None
 
     def generate(self, prompt_ids: list[list[int]], greedy: bool = False, seed: int = 0) -> dict:
         """Samples one response per prompt (the controller repeats prompts for n samples).
@@ -98,7 +110,8 @@ class Rollout(Worker):
 
         params = [SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=self.cfg.rollout.max_new_tokens,
                                  logprobs=0, seed=seed + i) for i in range(len(prompt_ids))]
-        outs = self.engine.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
+        outs = self.engine.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False,
+                                    lora_request=self.lora_request)
         ids, logps, reasons = [], [], []
         for o in outs:
             c = o.outputs[0]
@@ -117,7 +130,8 @@ class Rollout(Worker):
         weights version, the seconds spent, and the engine's busy and idle seconds."""
         rc = self.cfg.rollout
         start = time.perf_counter()
-        engine = VLLMTurns(self.engine, 0.0 if greedy else rc.temperature, 1.0 if greedy else rc.top_p)
+        engine = VLLMTurns(self.engine, 0.0 if greedy else rc.temperature, 1.0 if greedy else rc.top_p,
+                           self.lora_request)
         loop = TurnLoop(engine, env_actors, self.turn_format, self.tokenizer, self.cfg.env, rc.max_new_tokens)
         # Keys name requests in the engine and environments on their actors: unique to this call.
         self.trajectory_calls += 1
@@ -143,6 +157,23 @@ class Rollout(Worker):
         else:
             load_weights_into_vllm(self.engine, named)
         return self._bucket_done(manifest)
+
+    def load_adapter(self, version: int, config_json: str, bucket: list[tuple]) -> int:
+        """sync.lora=adapter: the learner's LoRA adapter (rlhf_ray.sync.adapter), checked against this
+        engine's model, served from now on as ``version``."""
+        if self.adapter is None:
+            raise RuntimeError(f"{self.receipt.engine}: got an adapter, but the engine was not started to serve "
+                               f"LoRA (sync.lora resolved to {self.cfg.lora_sync!r})")
+        named = unpack(bucket)
+        check_adapter(named, self.receipt.model_shapes, ServedAdapter.rank(config_json), self.receipt.engine)
+        self.adapter.load(version, config_json, named)
+        self.version = version
+        return version
+
+    def served_adapter(self) -> dict:
+        """The adapter this engine serves: its version and fingerprint (rlhf_ray.models.lora.adapter_digest)."""
+        return {"version": self.version, "digest": self.adapter.digest if self.adapter else "",
+                "lora_request": self.lora_request.lora_name if self.lora_request else None}
 
     def join_weight_group(self, addr: str, port: int, world_size: int, first_ranks: dict[int, int]) -> int:
         """sync.transport=collective: this engine's workers join the learner's weight group as ranks
@@ -182,7 +213,8 @@ class Rollout(Worker):
             with torch.no_grad():
                 logp = response_logprobs(self.engine.model, batch)[0].cpu()
             return [row[:len(r)].tolist() for row, r in zip(logp, response_ids)]
-        return [vllm_prompt_logprobs(self.engine, p + r)[-len(r):] for p, r in zip(prompt_ids, response_ids)]
+        return [vllm_prompt_logprobs(self.engine, p + r, self.lora_request)[-len(r):]
+                for p, r in zip(prompt_ids, response_ids)]
 
 
 class HFEngine:

@@ -117,8 +117,12 @@ class SyncReceipt:
     # Buffers some checkpoints carry that a trainer's parameters do not: never sent, never missing.
     NOT_PARAMETERS = ("rotary_emb.inv_freq",)
 
-    def __init__(self, engine: str, model_shapes: dict[str, tuple[int, ...]] | None, tied_head: bool):
+    def __init__(self, engine: str, model_shapes: dict[str, tuple[int, ...]] | None, tied_head: bool,
+                 whole_first_sync: bool = True):
+        """``whole_first_sync``: False where every sync carries only some weights by design (a LoRA
+        learner's merged layers, sync.lora=merged)."""
         self.engine = engine
+        self.whole_first_sync = whole_first_sync
         self.model_shapes = model_shapes
         self.tied_head = tied_head
         self.expected_index = 0
@@ -149,7 +153,7 @@ class SyncReceipt:
     def finish(self) -> None:
         """After the last bucket: on the first sync, every weight of the model arrived (later syncs
         may be partial by design, e.g. adapters)."""
-        if self.complete_syncs == 0 and self.model_shapes is not None:
+        if self.complete_syncs == 0 and self.model_shapes is not None and self.whole_first_sync:
             missing = sorted(n for n in self.model_shapes if n not in self.received
                              and not n.endswith(self.NOT_PARAMETERS) and not (self.tied_head and n == "lm_head.weight"))
             if missing:

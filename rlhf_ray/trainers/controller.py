@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import ray
 from tqdm import tqdm
@@ -44,6 +46,25 @@ class TrainableLost(RuntimeError):
     def __init__(self, ranks: dict[str, list[int]], stage: str):
         self.ranks = ranks
         super().__init__(f"{stage}: " + ", ".join(f"{role} ranks {d} died" for role, d in ranks.items()))
+
+
+@dataclass(frozen=True)
+class ReferenceSource:
+    """Where reference log-probs come from (reference.source): the reference actors, or the learner
+    itself with its LoRA adapters disabled (no reference actors, no second copy of the model)."""
+
+    group: WorkerGroup
+    token_logprobs: Callable  # [B, R] per response token (online)
+    sequence_logprobs: Callable  # [B, 2] summed response log-prob and token count (offline)
+
+    @classmethod
+    def of(cls, cfg, groups: dict[str, WorkerGroup]) -> "ReferenceSource | None":
+        if cfg.reference.source == "learner_base" and "learner" in groups:
+            return cls(groups["learner"], PolicyLearner.compute_base_logprobs,
+                       PolicyLearner.compute_base_sequence_logprobs)
+        if "reference" in groups:
+            return cls(groups["reference"], Reference.compute_logprobs, Reference.compute_sequence_logprobs)
+        return None
 
 
 class ResourcesLost(RuntimeError):
@@ -84,6 +105,7 @@ class Controller:
             setattr(self, role, self.groups.get(role))
         self.trainable = [r for r, g in self.groups.items() if issubclass(g.worker_cls, DeepSpeedWorker)]
         self.trained = self.groups.get(self.spec.trained_role)
+        self.ref_source = ReferenceSource.of(self.cfg, self.groups) if "reference" in self.spec.roles else None
         self.tracker = Tracker(self.cfg, self.run_dir, run_name=self.run_id)
 
     @classmethod
@@ -191,12 +213,18 @@ class Controller:
         tmp = manager.begin(step)
         refs = [(self.groups[r], self.groups[r].call(DeepSpeedWorker.save_state, str(tmp / r))) for r in self.trainable]
         if self.cfg.trainer.save_hf:
-            refs.append((self.trained, self.trained.call(DeepSpeedWorker.save_hf, str(tmp / self.hf_export),
-                                                         self.inputs.trained_path)))
+            refs.append((self.trained, self.export_hf(tmp / self.hf_export)))
         for group, r in refs:
             group.get(r, f"checkpoint ({group.role})")
         save_config(self.cfg, tmp / "config.yaml")
         return str(manager.commit(tmp, self.controller_state(step, history)))
+
+    def export_hf(self, path: Path) -> list:
+        """The trained role writes its model as an HF folder at ``path``; a LoRA-trained one the adapters
+        merged in, and the adapter alone as a PEFT folder beside it (``<name>_adapter``, ``_hf`` dropped)."""
+        lora = getattr(self.cfg, self.spec.trained_role).lora is not None
+        adapter = str(path.with_name(path.name.removesuffix("_hf") + "_adapter")) if lora else None
+        return self.trained.call(DeepSpeedWorker.save_hf, str(path), self.inputs.trained_path, adapter)
 
     @property
     def hf_export(self) -> str:

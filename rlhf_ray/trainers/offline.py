@@ -12,6 +12,7 @@ or reward. The controller holds no model; every stage is timed (``time/<stage>``
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -21,8 +22,7 @@ from rlhf_ray.batch import Batch, build_batch
 from rlhf_ray.data import Encoded, Unit, collate
 from rlhf_ray.groups import WorkerGroup
 from rlhf_ray.prompts import PromptSampler
-from rlhf_ray.roles import PolicyLearner, Reference
-from rlhf_ray.roles.ds_worker import DeepSpeedWorker
+from rlhf_ray.roles import PolicyLearner
 from rlhf_ray.roles.reward_trainer import RewardTrainer
 from rlhf_ray.tracking import StageTimer
 from rlhf_ray.trainers.controller import Controller, mean_dicts
@@ -82,9 +82,9 @@ class OfflineTrainer(Controller):
     def fit(self) -> dict:
         timer = StageTimer()
         with timer("reference"):  # the reference is frozen: score its rows once, before the loop
-            if self.reference is not None and self.eval is not None:
+            if self.ref_source is not None and self.eval is not None:
                 self.ref_eval = self.reference_scores(self.eval.units)
-            if self.reference is not None and self.cfg.offline.reference_logprobs == "precompute":
+            if self.ref_source is not None and self.cfg.offline.reference_logprobs == "precompute":
                 self.ref_train = self.precompute_reference()
         self.start_metrics.update(timer.seconds)
         return super().fit()
@@ -94,7 +94,7 @@ class OfflineTrainer(Controller):
         with timer("batch"):
             index = self.sampler.next(self.cfg.offline.batch_samples_global)
             batch = collate([self.train.units[i] for i in index], self.tokenizer.pad_token_id)
-        if self.reference is not None:  # a reference actor that dies is restarted and asked again
+        if self.ref_source is not None:  # a reference actor that dies is restarted and asked again
             with timer("reference"):
                 batch["ref_logps"] = self.recovering("reference", lambda: self.batch_reference(batch, index))
         with timer("update"):  # a lost learner rank: back to the last checkpoint (Controller.fit)
@@ -111,14 +111,14 @@ class OfflineTrainer(Controller):
     def reference_scores(self, units: list[Unit]) -> torch.Tensor:
         """Summed reference log-prob of every row of ``units`` [rows]."""
         micro = self.cfg.reference.micro_batch_samples_per_actor
-        return score_units(self.reference, Reference.compute_sequence_logprobs, units, self.tokenizer.pad_token_id,
+        return score_units(self.ref_source.group, self.ref_source.sequence_logprobs, units, self.tokenizer.pad_token_id,
                            micro)[:, 0]
 
     def batch_reference(self, batch: Batch, index: list[int]) -> torch.Tensor:
         """Reference log-probs of the batch's rows: from the cache, or from the reference actors."""
         if self.ref_train is None:
-            return self.reference.gather_cat(self.reference.map_batch(Reference.compute_sequence_logprobs, batch),
-                                             "reference log-probs")[:, 0]
+            ref = self.ref_source.group
+            return ref.gather_cat(ref.map_batch(self.ref_source.sequence_logprobs, batch), "reference log-probs")[:, 0]
         return torch.cat([self.ref_train[i] for i in index])
 
     def precompute_reference(self) -> dict[int, torch.Tensor]:
@@ -171,7 +171,7 @@ class OfflineTrainer(Controller):
         summary["data"] = {"train": self.train.stats, "eval": self.eval.stats if self.eval else None}
         if self.cfg.offline.save_final:
             path = str((self.run_dir / "final").resolve())
-            self.trained.get(self.trained.call(DeepSpeedWorker.save_hf, path, self.inputs.trained_path), "save_hf")
+            self.trained.get(self.export_hf(Path(path)), "save_hf")
             summary["final_model"] = path
             print(f"[save] {self.cfg.algorithm} model written to {path}", flush=True)
         return summary

@@ -39,6 +39,13 @@ class OnlineController(Controller):
         self.train_set, self.eval_set = inputs.train_set, inputs.eval_set
         self.weight_group_members: list | None = None  # actors of the current weight group (sync.transport=collective)
         self.call_ids = itertools.count()  # names each multi-turn generation's trajectories on the environment actors
+        mode, why = self.cfg.lora_sync_choice()
+        if mode is not None and "learner" in self.roles:
+            lora = self.cfg.learner.lora
+            what = ("the adapter alone, served by vLLM's LoRA support as a new version per sync" if mode == "adapter"
+                    else "the merged weights of the layers the adapter touches")
+            print(f"[sync] learner.lora (r={lora.rank}, α={lora.alpha:g}, {len(lora.targets)} target modules): "
+                  f"each weight sync sends {what} ({why})", flush=True)
 
     def generate(self, prompt_ids: list[list[int]], greedy: bool, seed: int, rows: list[dict] | None = None) -> dict:
         """Prompts go to the rollout engine with the least outstanding work; answers come back in order.

@@ -18,7 +18,7 @@ from rlhf_ray.algos import AdaptiveKLController, FixedKLController
 from rlhf_ray.algos.masked import masked_mean, masked_var
 from rlhf_ray.batch import Batch, build_batch
 from rlhf_ray.envs.metrics import TRUNCATIONS, trajectory_metrics
-from rlhf_ray.roles import Critic, PolicyLearner, Reference
+from rlhf_ray.roles import Critic, PolicyLearner
 from rlhf_ray.tracking import StageTimer
 from rlhf_ray.trainers.controller import mean_dicts
 from rlhf_ray.trainers.estimate import group_metrics, penalize_and_estimate
@@ -112,11 +112,11 @@ class PPOTrainer(OnlineController):
     def _score_passes(self, batch: Batch, rows: list[int], gen: dict):
         """Reference log-probs, π_old log-probs, values and rewards: independent, all in flight at once.
         Fills the batch; returns the scores."""
-        ref = self.reference.map_batch(Reference.compute_logprobs, batch)
+        ref = self.ref_source.group.map_batch(self.ref_source.token_logprobs, batch)
         old = self.learner.map_batch(PolicyLearner.compute_logprobs, batch)
         val = self.critic.map_batch(Critic.compute_values, batch) if self.critic else None
         rew = self.score(batch, [self.train_set.rows[i] for i in rows], gen["texts"])  # the final turns
-        batch["ref_logprobs"] = self.reference.gather_cat(ref, "reference log-probs")
+        batch["ref_logprobs"] = self.ref_source.group.gather_cat(ref, "reference log-probs")
         batch["old_logprobs"] = self.learner.gather_cat(old, "learner log-probs")
         if val is not None:
             batch["old_values"] = self.critic.gather_cat(val, "critic values")
