@@ -218,3 +218,81 @@ def test_learner_base_reference_equals_reference_actor_zero3_merged_sync(local_r
         assert counts[0]["lora"] <= held <= counts[0]["lora"] + 64 and all(c["in_optimizer"] for c in counts)
     finally:
         trainer.shutdown()
+
+
+def test_lora_dpo_reference_for_free_and_exports(local_ray, tiny_policy, tmp_path):
+    """DPO with LoRA and the reference read from the learner's base: no reference actor; its reference
+    log-probs are the base model's; the policy moves; the merged and PEFT exports are the same model."""
+    from peft import PeftModel
+
+    from rlhf_ray.batch import build_batch
+    from rlhf_ray.models.forward import sequence_logprobs
+    from rlhf_ray.trainers.offline import OfflineTrainer
+    from test_offline_integration import fit, overrides, write_pairs
+
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    cfg = load_config(overrides=overrides(tiny_policy, tmp_path / "run", data, "dpo", *LORA, "learner.lr=2e-2",
+                                          "reference.source=learner_base", "offline.save_final=true"))
+    trainer = OfflineTrainer.from_config(cfg)
+    groups = set(trainer.groups)
+    summary = fit(trainer)
+    assert trainer.reference is None and groups == {"learner"}
+    assert summary["eval"][0]["eval/margin"] == pytest.approx(0.0, abs=1e-5)  # B = 0: the policy is its base
+    assert summary["eval"][2]["eval/margin"] > 0.05
+    units = trainer.eval.units
+    batch = build_batch([u.prompt for u in units for _ in u.responses], [r for u in units for r in u.responses],
+                        trainer.tokenizer.pad_token_id)
+    with torch.no_grad():
+        base = sequence_logprobs(load_causal_lm(tiny_policy).eval(), batch)[:, 0]
+        merged = sequence_logprobs(load_causal_lm(str(tmp_path / "run" / "final")).eval(), batch)[:, 0]
+        adapted = PeftModel.from_pretrained(load_causal_lm(tiny_policy), str(tmp_path / "run" / "final_adapter")).eval()
+        adapted = sequence_logprobs(adapted, batch)[:, 0]
+    assert torch.allclose(trainer.ref_eval, base, atol=1e-4)
+    assert torch.allclose(merged, adapted, atol=1e-4) and not torch.allclose(merged, base, atol=1e-2)
+
+
+@pytest.mark.parametrize("algorithm,extra,keys", [
+    ("sft", [*LORA], ("learner/sft_loss",)),
+    ("kto", [*LORA, "reference.source=learner_base"], ("learner/loss", "learner/kl")),
+    ("reward_model", ["reward.lora.rank=8"], ("reward/loss", "reward/accuracy")),
+])
+def test_lora_trains_every_offline_family(local_ray, tiny_policy, tmp_path, algorithm, extra, keys):
+    from rlhf_ray.trainers import controller_for
+    from test_offline_integration import check_finite, fit, metrics_rows, overrides, write_pairs
+
+    data = write_pairs(tmp_path / "pairs.jsonl", n=8)
+    cfg = load_config(overrides=overrides(tiny_policy, tmp_path, data, algorithm, *extra))
+    trainer = controller_for(cfg)
+    try:
+        (before,) = _counts(trainer.trained)
+        head = 64 if algorithm == "reward_model" else 0  # the score head [1, hidden] trains in full
+        assert before["trainable"] == before["lora"] + head and before["lora"] > 0
+    except BaseException:
+        trainer.shutdown()
+        raise
+    fit(trainer)
+    check_finite(metrics_rows(tmp_path)[1:], keys)
+
+
+def test_lora_resume_equals_a_straight_run(local_ray, tiny_policy, tmp_path):
+    """PPO with LoRA learner and critic and adapter sync: checkpoints hold adapters (and the value
+    head) with their optimizer state, not the frozen base; a resumed run's next step equals the
+    straight run's, and its engines serve the restored adapter."""
+    from test_checkpoint import _run
+
+    common = (*LORA, "critic.lora.rank=8", "reference.source=learner_base", "trainer.save_every=1",
+              "trainer.save_hf=false", "trainer.seed=3", "learner.lr=2e-2")
+    straight = _run(tiny_policy, tmp_path / "a", 2, *common)
+    _run(tiny_policy, tmp_path / "b", 1, *common)
+    resumed = _run(tiny_policy, tmp_path / "b", 2, *common, "trainer.resume=auto")
+    assert [r["step"] for r in resumed] == [0, 1, 2]
+    for key in ("reward/mean", "kl/mean", "learner/policy_loss", "critic/value_loss", "response/length_mean"):
+        assert resumed[2][key] == pytest.approx(straight[2][key], rel=1e-4, abs=1e-6), key
+    assert resumed[2]["check/logprob_gap_mean"] < LOGPROB_GAP_TOL  # the engines got the restored adapter
+    assert straight[2]["sync/bytes"] == resumed[2]["sync/bytes"] < 1e6
+    state = torch.load(next((tmp_path / "b" / "checkpoints" / "step_000002" / "learner").rglob("*model_states.pt")),
+                       weights_only=False)["module"]
+    assert state and all(".lora_" in name for name in state)  # the base comes from the model folder
+    state = torch.load(next((tmp_path / "b" / "checkpoints" / "step_000002" / "critic").rglob("*model_states.pt")),
+                       weights_only=False)["module"]
+    assert {n for n in state if ".lora_" not in n} == {"base_model.model.value_head.weight"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import resource
 
 import numpy as np
 import ray
@@ -43,6 +44,12 @@ class Worker:
         """``fn`` over the batch in this role's scoring micro-batches (rows, or a token budget)."""
         r = getattr(self.cfg, self.role)
         return map_micro_batches(batch, r.micro_batch_samples_per_actor, fn, per_token, r.micro_batch_tokens_per_actor)
+
+    def peak_memory_gib(self) -> float:
+        """The most memory this actor has held: its GPU's allocated peak, or on CPU the process's peak RSS."""
+        if torch.cuda.is_available():
+            return torch.cuda.max_memory_allocated() / 2**30
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
     def identity(self) -> dict:
         """Where this actor runs: for placement checks, dashboards and failure messages."""

@@ -106,6 +106,8 @@ class DeepSpeedWorker(Worker):
             model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
             config=self.ds_config())
         self.engine.checkpoint_engine = safe_checkpoint_engine(self.engine._config)
+        if self.lora:
+            exclude_frozen_aliases(self.engine)
 
     @property
     def module(self) -> torch.nn.Module:
@@ -176,6 +178,7 @@ class DeepSpeedWorker(Worker):
         if norms:  # no applied step, no figure: a 0 would read as a vanished gradient
             out["grad_norm"] = sum(norms) / len(norms)
         out["lr"] = self.engine.get_lr()[0]
+        out["peak_memory_gib"] = self.peak_memory_gib()
         return out
 
     def step_normalizer(self, micro: list[Batch], rows_per_unit: int = 1) -> Normalizer:
@@ -261,3 +264,22 @@ class DeepSpeedWorker(Worker):
         self._updates = state["updates"]
         set_rng_state(state["rng"])
         return self._updates
+
+
+def exclude_frozen_aliases(engine) -> None:
+    """Checkpoints without the frozen base, tied weights included. DeepSpeed's
+    ``exclude_frozen_parameters`` drops the frozen names ``named_parameters()`` lists, which names a
+    tied weight once: SmolLM2's head (an alias of the frozen embedding, 113 MB) would stay in every
+    LoRA checkpoint. Every name of a frozen parameter, aliases too, is dropped here."""
+    saved_state = engine.module_state_dict
+
+    def module_state_dict(destination=None, prefix="", keep_vars=False, exclude_frozen_parameters=False):
+        state = saved_state(destination, prefix, keep_vars, exclude_frozen_parameters)
+        if exclude_frozen_parameters:
+            for name, p in engine.module.named_parameters(prefix=prefix.rstrip("."), remove_duplicate=False):
+                if not p.requires_grad:
+                    state.pop(name, None)
+        return state
+
+    engine.module_state_dict = module_state_dict
+
