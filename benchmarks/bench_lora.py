@@ -5,8 +5,8 @@ seconds per step, checkpoint size, in one run (ratios within it; figures on a sh
 
 Runs ``--warmup + --steps`` PPO steps of configs/ppo_arithmetic.yaml (full fine-tuning) and then of
 configs/ppo_arithmetic_lora.yaml (rank-16 adapters on learner and critic, the reference read from the
-learner's base, adapter-sized sync), through the real controller and actors, and saves one
-checkpoint of each. Peak memory is each actor's own (`Worker.peak_memory_gib`: the process's peak
+learner's base) twice, once per LoRA sync (merged touched layers; the adapter served by vLLM's LoRA),
+through the real controller and actors, and saves one checkpoint of each. Peak memory is each actor's own (`Worker.peak_memory_gib`: the process's peak
 resident set on CPU, the GPU's allocated peak on GPU). The held-out accuracy curves come from the
 full runs of both configs (docs/methods/lora.md).
 """
@@ -23,7 +23,12 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import machine, table  # noqa: E402
 
-VARIANTS = {"full fine-tuning": "configs/ppo_arithmetic.yaml", "LoRA r=16": "configs/ppo_arithmetic_lora.yaml"}
+LORA = "configs/ppo_arithmetic_lora.yaml"
+VARIANTS = {  # name → (config, overrides)
+    "full fine-tuning": ("configs/ppo_arithmetic.yaml", []),
+    "LoRA, merged sync": (LORA, ["sync.lora=merged"]),  # what sync.lora=auto picks for engines on CPU
+    "LoRA, adapter sync": (LORA, ["sync.lora=adapter"]),  # what it picks for engines on GPU
+}
 
 
 def folder_bytes(path: Path) -> int:
@@ -67,11 +72,10 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     results = {}
-    for name, config in VARIANTS.items():
+    for i, (name, (config, extra)) in enumerate(VARIANTS.items()):
         start = time.perf_counter()
-        results[name] = run(config, args.steps, args.warmup, args.overrides, Path("runs/bench_lora") / name.split()[0])
+        results[name] = run(config, args.steps, args.warmup, [*extra, *args.overrides], Path(f"runs/bench_lora/{i}"))
         print(f"[bench] {name}: {time.perf_counter() - start:.0f}s", flush=True)
-    full, lora = results["full fine-tuning"], results["LoRA r=16"]
     rows = []
     for name, r in results.items():
         m = r["mean"]
@@ -82,16 +86,12 @@ def main() -> None:
                      "sync MB": m("sync/bytes") / 1e6, "sync s": m("sync/seconds"), "step s": m("time/step"),
                      "generate s": m("time/generate"), "score s": m("time/score"), "update s": m("time/update"),
                      "ckpt learner MB": r["ckpt_learner_mb"], "ckpt critic MB": r["ckpt_critic_mb"]})
-    ratio = {"": "LoRA / full"}
-    for k in rows[0]:
-        if k and rows[0][k]:
-            ratio[k] = rows[1][k] / rows[0][k]
-        elif k:
-            ratio[k] = float("nan")
+    ratios = [{"": f"{row['']} / full", **{k: row[k] / rows[0][k] if rows[0][k] else float("nan") for k in row if k}}
+              for row in rows[1:]]
     print(f"machine: {machine()}\nsteps: {args.steps} after {args.warmup} warm-up; overrides: {' '.join(args.overrides)}\n")
-    print(table(rows + [ratio], "LoRA against full fine-tuning, default PPO job (per step: means over the timed steps)"))
-    print(f"log-prob gap (rollout vs learner, mean): full {full['mean']('check/logprob_gap_mean'):.2g}, "
-          f"LoRA {lora['mean']('check/logprob_gap_mean'):.2g}")
+    print(table(rows + ratios, "LoRA against full fine-tuning, default PPO job (per step: means over the timed steps)"))
+    print("log-prob gap (rollout vs learner, mean): " + ", ".join(
+        f"{name} {r['mean']('check/logprob_gap_mean'):.2g}" for name, r in results.items()))
 
 
 if __name__ == "__main__":

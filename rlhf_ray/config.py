@@ -346,8 +346,8 @@ class SyncConfig(_Strict):
     lora: Literal["auto", "adapter", "merged"] = Field("auto", description=(
         "With learner.lora: send the adapter alone, served by vLLM's LoRA support as a new version per sync "
         "(always by the object store: it is small), or the merged weights of only the layers the adapter touches "
-        "(by sync.transport); auto = adapter where the engines can serve it (vLLM, a rank vLLM supports), merged "
-        "otherwise. The choice is printed at start."))
+        "(by sync.transport); auto = adapter where vLLM serves it well (engines on GPU, a rank and modules vLLM's "
+        "LoRA supports), merged otherwise (its CPU LoRA path is slow). The choice is printed at start."))
 
 
 class LoggingConfig(_Strict):
@@ -487,7 +487,10 @@ class Config(_Strict):
             return "merged", f"vLLM serves LoRA ranks {list(VLLM_LORA_RANKS)}, not {lora.rank}"
         if set(lora.targets) - set(LORA_TARGETS):
             return "merged", f"vLLM serves no adapters on {sorted(set(lora.targets) - set(LORA_TARGETS))}"
-        return "adapter", "vLLM serves this adapter (sync.lora=auto)"
+        if not self.rollout.num_gpus_per_actor:
+            return "merged", ("engines on CPU: vLLM's CPU LoRA path copies the adapter's weights for every token, "
+                              "generation runs several times slower (docs/methods/lora.md); sync.lora=adapter forces it")
+        return "adapter", "vLLM serves this adapter on GPU (sync.lora=auto)"
 
     @property
     def loss_agg(self) -> str:

@@ -46,6 +46,11 @@ class ModelShape:
     kv_heads: int
     head_dim: int
     vocab: int
+    linears: tuple[tuple[str, int, int], ...] = ()  # (module name's last part, in, out) of every linear layer
+
+    def lora_params(self, targets: list[str], rank: int) -> int:
+        """Parameters of rank-``rank`` adapters on the linear layers named ``targets``: r·(in + out) each."""
+        return sum(rank * (i + o) for name, i, o in self.linears if name in targets)
 
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
         """K and V of every layer for one token: 2·layers·kv_heads·head_dim·bytes (vLLM's cache block size / block)."""
@@ -89,8 +94,10 @@ def model_shape(folder: str, kind: str = "causal_lm") -> ModelShape:
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     if kind == "value":
         params, largest = params + text.hidden_size, max(largest, text.hidden_size)
+    linears = tuple((name.rsplit(".", 1)[-1], m.in_features, m.out_features) for name, m in model.named_modules()
+                    if isinstance(m, torch.nn.Linear))
     return ModelShape(params, largest, text.num_hidden_layers, text.hidden_size, heads,
-                      getattr(text, "num_key_value_heads", None) or heads, head_dim, text.vocab_size)
+                      getattr(text, "num_key_value_heads", None) or heads, head_dim, text.vocab_size, linears)
 
 
 def model_states(params: int, largest_layer: int, zero_stage: int, precision: str, n: int) -> dict[str, int]:
@@ -173,12 +180,19 @@ def trained_estimate(cfg: Config, role: str, shape: ModelShape) -> Estimate:
     rows = r.micro_batch_samples_per_actor * (2 if cfg.spec.update in ("preference", "reward") else 1)
     act = DTYPE_BYTES[r.precision]
     parts = model_states(shape.params, shape.largest_layer, r.zero_stage, r.precision, r.num_actors)
+    notes = []
+    if r.lora is not None:  # the base frozen (weights alone); the adapters carry gradients and Adam states
+        adapter = shape.lora_params(r.lora.targets, r.lora.rank)
+        base = parts["weights"]
+        parts = model_states(adapter, 0, r.zero_stage, r.precision, r.num_actors)
+        parts["weights"] += base
+        notes.append(f"LoRA r={r.lora.rank}: {adapter / 1e6:.1f}M trained parameters")
     parts["activations"] = activation_bytes(shape, rows, seq, act, r.gradient_checkpointing)
     if role == "learner":
         parts["logits"] = logit_bytes(shape, rows * kept, act, cfg.rollout.temperature if cfg.is_online else 1.0, True)
     parts["runtime"] = GPU_RUNTIME if on_gpu else CPU_RUNTIME
-    notes = [f"{shape.params / 1e9:.2f}B params, ZeRO-{r.zero_stage} over {r.num_actors}, {r.precision}, "
-             f"micro-batch {rows}×{seq} tokens" + (", checkpointing" if r.gradient_checkpointing else "")]
+    notes.insert(0, f"{shape.params / 1e9:.2f}B params, ZeRO-{r.zero_stage} over {r.num_actors}, {r.precision}, "
+                    f"micro-batch {rows}×{seq} tokens" + (", checkpointing" if r.gradient_checkpointing else ""))
     return Estimate(role, on_gpu, parts, 4 * shape.params if on_gpu else 0, notes)
 
 

@@ -191,6 +191,10 @@ def check_resume(path: Path, cfg: Config, models: dict[str, str]) -> list[str]:
         for key in (f"{role}.{k}" for k in RANK_LAYOUT):
             if saved.get(key) != now[key]:
                 problems.append(f"{key}: checkpoint {saved.get(key)}, now {now[key]}")
+        # The adapters' shape: the checkpoint holds those parameters (and their optimizer state) alone.
+        for key in sorted(k for k in set(saved) | set(now) if k == f"{role}.lora" or k.startswith(f"{role}.lora.")):
+            if not key.endswith(".dropout") and saved.get(key) != now.get(key):
+                problems.append(f"{key}: checkpoint {saved.get(key)}, now {now.get(key)}")
         before = state.get("models", {}).get(role)
         paths = [k for k in ("model.path", f"{role}.model_path") if saved.get(k) != now[k]]
         if (before is not None and before != models.get(role)) or (before is None and paths):

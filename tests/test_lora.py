@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from conftest import assert_fails_before_actors, tiny_overrides
+from rlhf_ray.checkpoint import CheckpointError
 from rlhf_ray.config import ConfigError, LoraConfig
 from rlhf_ray.config_loading import load_config
 from rlhf_ray.models.loading import load_causal_lm
@@ -47,7 +48,10 @@ IDS = [1, 45, 67, 89, 100, 23, 56, 78, 90, 12, 3]
 def test_config_resolves_the_sync_and_refuses_what_cannot_work(tiny_policy):
     cfg = load_config(overrides=[f"model.path={tiny_policy}", *LORA, "reference.source=learner_base"])
     assert cfg.learner.lora.rank == 8 and cfg.learner.lora.targets[0] == "q_proj" and cfg.critic.lora is None
-    assert "reference" not in cfg.roles and cfg.lora_sync == "adapter"
+    assert "reference" not in cfg.roles
+    assert cfg.lora_sync_choice()[0] == "merged" and "engines on CPU" in cfg.lora_sync_choice()[1]
+    assert load_config(overrides=[*LORA, "rollout.num_gpus_per_actor=1"]).lora_sync == "adapter"
+    assert load_config(overrides=[*LORA, "sync.lora=adapter"]).lora_sync == "adapter"
     assert load_config(overrides=[*LORA, "rollout.backend=hf"]).lora_sync_choice() == (
         "merged", "rollout.backend=hf serves no adapters")
     assert load_config(overrides=["learner.lora.rank=12"]).lora_sync == "merged"  # not a rank vLLM serves
@@ -145,7 +149,7 @@ def test_lora_ppo_serves_each_adapter_version_and_the_gap_check_catches_one_not_
 
     cfg = load_config(overrides=tiny_overrides(
         tiny_policy, tmp_path, *LORA, "critic.lora.rank=8", "reference.source=learner_base", "learner.lr=2e-2",
-        "rollout.num_actors=2", "trainer.total_steps=3", "ppo.logprob_gap_action=stop"))
+        "sync.lora=adapter", "rollout.num_actors=2", "trainer.total_steps=3", "ppo.logprob_gap_action=stop"))
     trainer = PPOTrainer.from_config(cfg)
     try:
         assert trainer.reference is None and "reference" not in trainer.groups
@@ -254,7 +258,7 @@ def test_lora_dpo_reference_for_free_and_exports(local_ray, tiny_policy, tmp_pat
 @pytest.mark.parametrize("algorithm,extra,keys", [
     ("sft", [*LORA], ("learner/sft_loss",)),
     ("kto", [*LORA, "reference.source=learner_base"], ("learner/loss", "learner/kl")),
-    ("reward_model", ["reward.lora.rank=8"], ("reward/loss", "reward/accuracy")),
+    ("reward_model", ["reward.lora.rank=8", "offline.save_final=true"], ("reward/loss", "reward/accuracy")),
 ])
 def test_lora_trains_every_offline_family(local_ray, tiny_policy, tmp_path, algorithm, extra, keys):
     from rlhf_ray.trainers import controller_for
@@ -272,6 +276,11 @@ def test_lora_trains_every_offline_family(local_ray, tiny_policy, tmp_path, algo
         raise
     fit(trainer)
     check_finite(metrics_rows(tmp_path)[1:], keys)
+    if algorithm == "reward_model":  # the merged export is a plain sequence classifier with the trained head
+        from transformers import AutoModelForSequenceClassification
+
+        model = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "final"))
+        assert model.score.weight.abs().sum() > 0 and not (tmp_path / "final_adapter").exists()
 
 
 def test_lora_resume_equals_a_straight_run(local_ray, tiny_policy, tmp_path):
@@ -280,7 +289,7 @@ def test_lora_resume_equals_a_straight_run(local_ray, tiny_policy, tmp_path):
     straight run's, and its engines serve the restored adapter."""
     from test_checkpoint import _run
 
-    common = (*LORA, "critic.lora.rank=8", "reference.source=learner_base", "trainer.save_every=1",
+    common = (*LORA, "critic.lora.rank=8", "reference.source=learner_base", "sync.lora=adapter", "trainer.save_every=1",
               "trainer.save_hf=false", "trainer.seed=3", "learner.lr=2e-2")
     straight = _run(tiny_policy, tmp_path / "a", 2, *common)
     _run(tiny_policy, tmp_path / "b", 1, *common)
@@ -296,3 +305,9 @@ def test_lora_resume_equals_a_straight_run(local_ray, tiny_policy, tmp_path):
     state = torch.load(next((tmp_path / "b" / "checkpoints" / "step_000002" / "critic").rglob("*model_states.pt")),
                        weights_only=False)["module"]
     assert {n for n in state if ".lora_" not in n} == {"base_model.model.value_head.weight"}
+    # Other adapters, or none, cannot continue it: refused before any actor starts.
+    for extra, message in ((("learner.lora.rank=16",), "learner.lora.rank: checkpoint 8, now 16"),
+                           (("critic.lora=null",), "critic.lora.rank: checkpoint 8, now None")):
+        cfg = load_config(overrides=tiny_overrides(tiny_policy, tmp_path / "b", "trainer.total_steps=3", *common,
+                                                   "trainer.resume=auto", *extra))
+        assert_fails_before_actors(cfg, CheckpointError, message)

@@ -221,8 +221,9 @@ class Controller:
 
     def export_hf(self, path: Path) -> list:
         """The trained role writes its model as an HF folder at ``path``; a LoRA-trained one the adapters
-        merged in, and the adapter alone as a PEFT folder beside it (``<name>_adapter``, ``_hf`` dropped)."""
-        lora = getattr(self.cfg, self.spec.trained_role).lora is not None
+        merged in, and a LoRA policy also the adapter alone as a PEFT folder beside it (``<name>_adapter``,
+        ``_hf`` dropped). A reward model's score head trains in full: only its merged folder is whole."""
+        lora = self.spec.trained_role == "learner" and self.cfg.learner.lora is not None
         adapter = str(path.with_name(path.name.removesuffix("_hf") + "_adapter")) if lora else None
         return self.trained.call(DeepSpeedWorker.save_hf, str(path), self.inputs.trained_path, adapter)
 
