@@ -110,6 +110,21 @@ def test_adapter_folder_loads_in_peft_and_is_checked_against_the_model(tiny_poli
         check_adapter([], shapes, 8, "rollout-0")
 
 
+def test_plan_counts_adapter_sized_model_states(tiny_policy):
+    """The memory plan's adapter count equals PEFT's; the LoRA learner's gradients and Adam states are
+    those of the adapter, its weights the whole (frozen) model plus the adapter."""
+    from rlhf_ray.memory import model_shape, trained_estimate
+
+    shape = model_shape(tiny_policy)
+    model = apply_lora(load_causal_lm(tiny_policy), LoraConfig(rank=8, targets=["q_proj", "up_proj"]), "learner.lora")
+    adapter = sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
+    assert shape.lora_params(["q_proj", "up_proj"], 8) == adapter == 2 * (8 * (64 + 64) + 8 * (64 + 128))
+    full = trained_estimate(load_config(overrides=[f"model.path={tiny_policy}"]), "learner", shape).parts
+    lora = trained_estimate(load_config(overrides=[f"model.path={tiny_policy}", "learner.lora.rank=8",
+                                                   "learner.lora.targets=[q_proj,up_proj]"]), "learner", shape).parts
+    assert (lora["weights"], lora["gradients"], lora["optimizer"]) == (full["weights"] + 4 * adapter, 4 * adapter, 8 * adapter)
+
+
 def test_unknown_target_module_is_named(tiny_policy):
     with pytest.raises(LoraTargetError, match=r"critic.lora.targets: \['qkv'\] are not linear modules"):
         apply_lora(load_causal_lm(tiny_policy), LoraConfig(targets=["q_proj", "qkv"]), "critic.lora")

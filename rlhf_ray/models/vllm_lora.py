@@ -4,7 +4,8 @@ Each sync writes the adapter to a folder of its own on the engine's node and reg
 under a new id; the adapter before it is removed once the new one is in. Ids are never reused: vLLM
 caches adapters by id, and a restored run syncs a version number again with other weights. Every
 request carries the current adapter (``request``), so a request started on one version finishes on
-it: vLLM keeps two adapters resident (``MAX_LORAS``) while one replaces the other.
+it: vLLM keeps two adapters resident (``MAX_LORAS``) while one replaces the other. One folder is
+left on disk at a time (a few MiB; the last one stays when the actor is killed).
 """
 
 from __future__ import annotations
@@ -52,6 +53,3 @@ class ServedAdapter:
     @staticmethod
     def rank(config_json: str) -> int:
         return int(json.loads(config_json)["r"])
-
-    def close(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
