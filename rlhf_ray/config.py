@@ -481,16 +481,25 @@ class Config(_Strict):
             return None, "no LoRA learner feeding rollout engines"
         if self.sync.lora != "auto":
             return self.sync.lora, f"sync.lora={self.sync.lora}"
-        if self.rollout.backend != "vllm":
-            return "merged", f"rollout.backend={self.rollout.backend} serves no adapters"
-        if lora.rank not in VLLM_LORA_RANKS:
-            return "merged", f"vLLM serves LoRA ranks {list(VLLM_LORA_RANKS)}, not {lora.rank}"
-        if set(lora.targets) - set(LORA_TARGETS):
-            return "merged", f"vLLM serves no adapters on {sorted(set(lora.targets) - set(LORA_TARGETS))}"
+        why_not = self._adapter_unservable()
+        if why_not:
+            return "merged", why_not
         if not self.rollout.num_gpus_per_actor:
             return "merged", ("engines on CPU: vLLM's CPU LoRA path copies the adapter's weights for every token, "
                               "generation runs several times slower (docs/methods/lora.md); sync.lora=adapter forces it")
         return "adapter", "vLLM serves this adapter on GPU (sync.lora=auto)"
+
+    def _adapter_unservable(self) -> str | None:
+        """Why the engines cannot serve learner.lora's adapter at all (None: they can)."""
+        lora = self.learner.lora
+        if self.rollout.backend != "vllm":
+            return f"rollout.backend={self.rollout.backend} serves no adapters"
+        if lora.rank not in VLLM_LORA_RANKS:
+            return f"vLLM serves LoRA ranks {list(VLLM_LORA_RANKS)}, not learner.lora.rank={lora.rank}"
+        if set(lora.targets) - set(LORA_TARGETS):
+            return (f"vLLM serves adapters on {list(LORA_TARGETS)}, not on "
+                    f"{sorted(set(lora.targets) - set(LORA_TARGETS))} (learner.lora.targets)")
+        return None
 
     @property
     def loss_agg(self) -> str:
@@ -552,16 +561,10 @@ class Config(_Strict):
         if self.reference.source == "learner_base" and self.learner.lora is None:
             raise ValueError("reference.source=learner_base reads the reference from the learner with its adapters "
                              "disabled: set learner.lora (e.g. learner.lora.rank=16), or reference.source=actor")
-        lora = self.learner.lora
-        if self.sync.lora == "adapter" and lora is not None:
-            if self.rollout.backend != "vllm":
-                raise ValueError("sync.lora=adapter needs vLLM's LoRA serving: set rollout.backend=vllm or sync.lora=merged")
-            if lora.rank not in VLLM_LORA_RANKS:
-                raise ValueError(f"sync.lora=adapter: vLLM serves LoRA ranks {list(VLLM_LORA_RANKS)}, not "
-                                 f"learner.lora.rank={lora.rank}; pick one of those or sync.lora=merged")
-            if set(lora.targets) - set(LORA_TARGETS):
-                raise ValueError(f"sync.lora=adapter: vLLM serves adapters on {list(LORA_TARGETS)}, not on "
-                                 f"{sorted(set(lora.targets) - set(LORA_TARGETS))} (learner.lora.targets); use sync.lora=merged")
+        why_not = self._adapter_unservable() if self.sync.lora == "adapter" and self.learner.lora else None
+        if why_not:
+            raise ValueError(f"sync.lora=adapter: {why_not}; set rollout.backend=vllm with a rank and targets vLLM "
+                             f"serves, or sync.lora=merged")
         return self
 
     @model_validator(mode="after")

@@ -19,7 +19,7 @@ from rlhf_ray.roles.ds_worker import DeepSpeedWorker
 from rlhf_ray.sync.adapter import send_adapter
 from rlhf_ray.sync.buckets import layer_buckets
 from rlhf_ray.sync.group import WeightGroup
-from rlhf_ray.sync.send import BucketSender
+from rlhf_ray.sync.send import BucketSender, sync_metrics
 
 
 class PolicyLearner(DeepSpeedWorker):
@@ -156,9 +156,7 @@ class PolicyLearner(DeepSpeedWorker):
             sender.send(bucket, last)
         sender.finish()
         seconds = time.perf_counter() - start
-        return {"sync/bytes": float(sender.bytes), "sync/buckets": float(sender.buckets), "sync/seconds": seconds,
-                "sync/bytes_per_s": sender.bytes / seconds if seconds else 0.0,
-                **{f"sync/{stage}_s": s for stage, s in sender.seconds.items()}}
+        return sync_metrics(sender.bytes, sender.buckets, seconds, sender.seconds)
 
     def adapter_digest(self) -> str:
         """Fingerprint of the current adapter (rlhf_ray.models.lora.adapter_digest), as an engine reports it."""

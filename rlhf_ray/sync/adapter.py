@@ -19,6 +19,7 @@ import torch
 from rlhf_ray.models.lora import PREFIX
 from rlhf_ray.models.wire import to_wire
 from rlhf_ray.sync.manifest import WeightSyncError
+from rlhf_ray.sync.send import sync_metrics
 
 _FACTOR = re.compile(r"^(.*)\.lora_([AB])\.weight$")
 
@@ -30,11 +31,9 @@ def send_adapter(engines: list, version: int, named: list[tuple[str, torch.Tenso
     ref = ray.put(wire)
     sent = time.perf_counter()
     ray.get([e.load_adapter.remote(version, config_json, ref) for e in engines])
-    seconds = time.perf_counter() - start
+    done = time.perf_counter()
     nbytes = sum(t.numel() * t.element_size() for _, t in named)
-    return {"sync/bytes": float(nbytes), "sync/buckets": 1.0, "sync/seconds": seconds,
-            "sync/bytes_per_s": nbytes / seconds if seconds else 0.0,
-            "sync/prepare_s": 0.0, "sync/transfer_s": sent - start, "sync/wait_s": time.perf_counter() - sent}
+    return sync_metrics(nbytes, 1, done - start, {"prepare": 0.0, "transfer": sent - start, "wait": done - sent})
 
 
 def check_adapter(named: list[tuple[str, torch.Tensor]], model_shapes: dict[str, tuple[int, ...]] | None,

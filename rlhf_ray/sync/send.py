@@ -52,3 +52,9 @@ class BucketSender:
         start = time.perf_counter()
         ray.get(self.pending)
         self.seconds["wait"] += time.perf_counter() - start
+
+
+def sync_metrics(nbytes: int, buckets: int, seconds: float, stages: dict[str, float]) -> dict[str, float]:
+    """A weight sync's metrics (docs/metrics.md): bytes, buckets, seconds, rate and each stage's seconds."""
+    return {"sync/bytes": float(nbytes), "sync/buckets": float(buckets), "sync/seconds": seconds,
+            "sync/bytes_per_s": nbytes / seconds if seconds else 0.0, **{f"sync/{k}_s": v for k, v in stages.items()}}
