@@ -1,4 +1,4 @@
-"""`rlhf-ray` command line: train, plan, eval, best-of-n, make-traces, prepare-model, config-doc, serve-reward.
+"""`rlhf-ray` command line: train, plan, eval, best-of-n, synthesize, make-traces, prepare-model, config-doc, serve-reward.
 
 Configuration never goes through argparse flags: a YAML file plus `a.b=c` overrides, checked by the
 one schema in rlhf_ray.config.
@@ -69,6 +69,23 @@ def cmd_best_of_n(args) -> int:
     print(f"best-of-{s['samples_per_prompt']} {what}: {s['best_mean']:.4f} vs first sample {s['first_mean']:.4f} "
           f"(mean over all samples {s['sample_mean']:.4f}) on {s['prompts']} {s['split']} prompts")
     print(f"chosen responses: {s['file']}")
+    return 0
+
+
+def cmd_synthesize(args) -> int:
+    from rlhf_ray.trainers.evaluate import prompt_file_overrides
+    from rlhf_ray.trainers.synthesize import run_synthesize
+
+    path, overrides = _split_config_args(args.config)
+    extra = (prompt_file_overrides(args.prompts, split="train") if args.prompts else []) + (
+        [f"synthesize.out_file={os.path.abspath(args.out)}"] if args.out else [])
+    cfg = load_config(path, overrides + extra)
+    s = run_synthesize(cfg)
+    what = "preference pairs" if s["mode"] == "pairs" else "SFT rows (the best answer per prompt)"
+    print(f"{s['rows']} {what} from {s['prompts']} prompts × {s['candidates_per_prompt']} candidates "
+          f"({', '.join(s['models'])}; scored by {s['scorer']}; mean score {s['score_mean']:.4f}"
+          + (f", mean margin {s['margin_mean']:.4f}" if "margin_mean" in s else "") + ")")
+    print(f"written: {s['file']}")
     return 0
 
 
@@ -197,11 +214,17 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("best-of-n", help="sample n responses per prompt, keep the best by reward: [CONFIG.yaml] [key=value ...]")
     p.add_argument("config", nargs="*", help="optional YAML file, then a.b=c overrides")
     p.set_defaults(fn=cmd_best_of_n)
-    p = sub.add_parser("eval", help="greedy held-out evaluation of model.path, multi-turn with env.*: "
-                                    "[CONFIG.yaml] [key=value ...] [--prompts FILE]")
+    p = sub.add_parser("eval", help="greedy held-out evaluation of model.path (multi-turn with env.*), judged against "
+                                    "trainer.eval.baseline when set: [CONFIG.yaml] [key=value ...] [--prompts FILE]")
     p.add_argument("config", nargs="*", help="optional YAML file, then a.b=c overrides")
     p.add_argument("--prompts", default=None, help="JSONL prompt file (prompt, optional answer) instead of the task's held-out split")
     p.set_defaults(fn=cmd_eval)
+    p = sub.add_parser("synthesize", help="candidates from one or more models, scored by the reward role, written as "
+                                          "preference pairs or SFT rows: [CONFIG.yaml] [key=value ...] [--prompts FILE] [--out FILE]")
+    p.add_argument("config", nargs="*", help="optional YAML file, then a.b=c overrides")
+    p.add_argument("--prompts", default=None, help="JSONL prompt file (prompt, optional answer) instead of the task's training split")
+    p.add_argument("--out", default=None, help="JSONL file to write (default: synthesize.out_file in trainer.run_dir)")
+    p.set_defaults(fn=cmd_synthesize)
     p = sub.add_parser("make-traces", help="SFT warm-up traces of the calculator tool for a task's training questions: "
                                            "CONFIG.yaml [key=value ...] --out FILE [--n N]")
     p.add_argument("config", nargs="*", help="the RL run's YAML file (its task and system prompt), then a.b=c overrides")

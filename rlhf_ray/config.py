@@ -16,9 +16,11 @@ import os
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from rlhf_ray.algorithms import ALGORITHMS, AlgorithmSpec, LossAgg
+from rlhf_ray.config_base import Strict
+from rlhf_ray.config_eval import CompareConfig, IterativeConfig, SynthesizeConfig
 
 DEFAULT_POLICY = "smollm2"  # resolved to the folder that `rlhf-ray prepare-model` writes
 ROLE_SECTIONS = ("rollout", "learner", "critic", "reference", "reward", "env")
@@ -35,11 +37,7 @@ class ConfigError(ValueError):
     """A config problem, phrased for the user: names the key and what to do."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class RoleResources(_Strict):
+class RoleResources(Strict):
     num_actors: int = Field(1, ge=1, description="How many Ray actors this role runs.")
     num_cpus_per_actor: float = Field(0.4, ge=0, description=(
         "Logical CPUs Ray reserves for each actor (0.4: the five roles of PPO fit a 2-core machine; a local Ray "
@@ -51,7 +49,7 @@ class RoleResources(_Strict):
         "(`ray start --resources`, a cluster file's node type) take the actor. How roles are pinned to chosen nodes."))
 
 
-class ScoringBudget(_Strict):
+class ScoringBudget(Strict):
     micro_batch_tokens_per_actor: int = Field(0, ge=0, description=(
         "No-gradient forward passes (scoring) take micro-batches by token count: rows sorted by length, each "
         "micro-batch up to this many tokens (rows × its longest row), so short sequences go many to a pass; "
@@ -63,7 +61,7 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks
 
 
-class LoraConfig(_Strict):
+class LoraConfig(Strict):
     rank: int = Field(16, ge=1, description="LoRA rank r of every adapted projection.")
     alpha: float = Field(32.0, gt=0, description="LoRA α: the update B·A is scaled by α / r.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter's input while training (0 keeps training and rollout log-probs equal).")
@@ -92,7 +90,7 @@ class TrainableRole(RoleResources, ScoringBudget):
         return {True: {}, False: None}.get(v, v) if isinstance(v, bool) else v  # `lora: on` (YAML reads a boolean)
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     path: str = Field(DEFAULT_POLICY, description="Policy HF folder, or 'smollm2' for the shipped SmolLM2-135M-Instruct.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype for inference roles.")
     max_prompt_tokens: int = Field(128, ge=1, description="Prompts longer than this (after the chat template) are an error.")
@@ -150,7 +148,7 @@ class ReferenceConfig(RoleResources, ScoringBudget):
         "learner.lora) the learner itself with its adapters disabled: no reference actors, no second copy."))
 
 
-class KLConfig(_Strict):
+class KLConfig(Strict):
     estimator: Literal["k1", "k2", "k3"] = Field("k1", description="Per-token KL estimator (Schulman's k1/k2/k3).")
     placement: Literal["reward", "loss"] = Field("reward", description="Subtract β·KL from the reward, or add β·KL to the policy loss.")
     coef: float = Field(0.05, ge=0, description="β, the KL coefficient (initial value when adaptive).")
@@ -158,7 +156,7 @@ class KLConfig(_Strict):
     horizon: int = Field(10000, ge=1, description="Adaptive controller horizon, in samples.")
 
 
-class PPOConfig(_Strict):
+class PPOConfig(Strict):
     prompts_per_step_global: int = Field(16, ge=1, description="Prompts sampled per step, whole run.")
     samples_per_prompt: int = Field(4, ge=1, description="Responses generated per prompt.")
     epochs: int = Field(1, ge=1, description="PPO epochs over each step's samples.")
@@ -187,7 +185,7 @@ class PPOConfig(_Strict):
         "log-probs (≈1 when synchronous); empty = off."))
 
 
-class OfflineConfig(_Strict):
+class OfflineConfig(Strict):
     train_file: str | None = Field(None, description="Training data: a .jsonl/.jsonl.gz/.parquet file (fields per algorithm, see docs).")
     eval_file: str | None = Field(None, description="Held-out data file; empty = hold out `eval_fraction` of train_file.")
     eval_fraction: float = Field(0.05, ge=0, lt=1, description="Share of train_file held out when there is no eval_file.")
@@ -262,12 +260,13 @@ class EnvConfig(RoleResources):
         return self
 
 
-class TaskConfig(_Strict):
-    name: Literal["arithmetic", "guess_number", "gsm8k", "jsonl"] = Field("arithmetic", description=(
+class TaskConfig(Strict):
+    name: Literal["arithmetic", "guess_number", "gsm8k", "jsonl", "hh"] = Field("arithmetic", description=(
         "Prompt source: generated arithmetic, the generated guess-a-number game (env.environment="
-        "rlhf_ray.envs.guess:GuessNumberEnvironment), GSM8K files (question/answer), or JSONL files (prompt, optional answer)."))
-    train_file: str | None = Field(None, description="gsm8k/jsonl: training prompts, .jsonl or .jsonl.gz (relative to the working directory).")
-    eval_file: str | None = Field(None, description="gsm8k/jsonl: held-out prompts file; empty = the last n_eval rows of train_file.")
+        "rlhf_ray.envs.guess:GuessNumberEnvironment), GSM8K files (question/answer), JSONL files (prompt: a question "
+        "or chat messages; optional answer), or HH-RLHF pair files (the dialogue before the last answer)."))
+    train_file: str | None = Field(None, description="gsm8k/jsonl/hh: training prompts, .jsonl or .jsonl.gz (relative to the working directory).")
+    eval_file: str | None = Field(None, description="gsm8k/jsonl/hh: held-out prompts file; empty = the last n_eval rows of train_file.")
     n_train: int = Field(2000, ge=1, description="Training questions (files: at most this many, from the top of train_file).")
     n_eval: int = Field(100, ge=1, description="Held-out questions (greedy accuracy; files: at most this many).")
     max_operand: int = Field(50, ge=1, description="Largest operand of generated questions (guess_number: largest secret).")
@@ -275,6 +274,8 @@ class TaskConfig(_Strict):
     ops: list[Literal["+", "-", "*"]] = Field(default_factory=lambda: ["+", "-"], description="Operations of generated arithmetic questions.")
     system_prompt: str | None = Field(None, description="Optional system message in the chat template.")
     instruction: str = Field("", description="Text appended to each question (e.g. an answer-format hint).")
+    long_prompts: Literal["error", "drop"] = Field("error", description=(
+        "A prompt over model.max_prompt_tokens: stop naming its row, or leave it out (counted in the log)."))
 
     @model_validator(mode="after")
     def _files_named(self) -> "TaskConfig":
@@ -283,7 +284,7 @@ class TaskConfig(_Strict):
         return self
 
 
-class RaftConfig(_Strict):
+class RaftConfig(Strict):
     samples_per_prompt: int = Field(8, ge=1, description="n: responses sampled per prompt (RAFT and the best-of-n command).")
     prompts_per_round: int = Field(64, ge=1, description="RAFT: prompts sampled per round.")
     rounds: int = Field(4, ge=1, description="RAFT: generate → select → SFT → sync rounds.")
@@ -302,7 +303,7 @@ class RaftConfig(_Strict):
         return self
 
 
-class TrainerConfig(_Strict):
+class TrainerConfig(Strict):
     total_steps: int = Field(20, ge=1, description="PPO steps (one generate→update cycle each).")
     eval_every: int = Field(5, ge=0, description="Held-out evaluation every K steps (0 = only before and after).")
     seed: int = Field(0, description="Seed of prompts, sampling and initialisation.")
@@ -322,6 +323,8 @@ class TrainerConfig(_Strict):
     overwrite: bool = Field(False, description=(
         "Start afresh in a run_dir that holds another run's outputs, deleting its checkpoints and metrics; "
         "without it such a start is an error."))
+    eval: CompareConfig = Field(default_factory=CompareConfig, description=(
+        "The policy's answers against a baseline's, judged by a reward model or an LLM (docs/methods/evaluation.md)."))
 
     @model_validator(mode="after")
     def _overwrite_is_fresh(self) -> "TrainerConfig":
@@ -330,7 +333,7 @@ class TrainerConfig(_Strict):
         return self
 
 
-class SyncConfig(_Strict):
+class SyncConfig(Strict):
     transport: Literal["object_store", "collective"] = Field("object_store", description=(
         "How the learner's weights reach the rollout engines: one object-store put per bucket that every engine "
         "pulls, or a broadcast over a collective group of the learner and every engine worker (gloo on CPU, NCCL "
@@ -350,7 +353,7 @@ class SyncConfig(_Strict):
         "LoRA supports), merged otherwise (its CPU LoRA path is slow). The choice is printed at start."))
 
 
-class LoggingConfig(_Strict):
+class LoggingConfig(Strict):
     wandb_mode: Literal["offline", "online", "disabled"] = Field("offline", description="wandb mode.")
     wandb_project: str = Field("rlhf_ray", description="wandb project.")
     tensorboard: bool = Field(False, description="Also write TensorBoard events to <run_dir>/tensorboard.")
@@ -359,7 +362,7 @@ class LoggingConfig(_Strict):
     progress_bar: bool = Field(True, description="Show a tqdm bar on the controller.")
 
 
-class RayConfig(_Strict):
+class RayConfig(Strict):
     address: str | None = Field(None, description=(
         "Which Ray the run uses. Empty = the cluster of the Ray job it runs in (a driver started by `rlhf-ray submit` "
         "or `ray job submit`, for which Ray sets RAY_ADDRESS and RAY_JOB_CONFIG_JSON_ENV_VAR), otherwise a private "
@@ -393,7 +396,7 @@ class RayConfig(_Strict):
         return None
 
 
-class PlacementConfig(_Strict):
+class PlacementConfig(Strict):
     colocate: list[list[str]] = Field(default_factory=list, description=(
         "Groups of roles sharing one placement group, rank i of each in bundle i (e.g. [[learner, reference]]); other roles stand apart."))
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
@@ -413,7 +416,7 @@ class PlacementConfig(_Strict):
         return self
 
 
-class Config(_Strict):
+class Config(Strict):
     algorithm: str = Field("ppo", description="One of " + ", ".join(ALGORITHMS) + " (rlhf_ray/algorithms.py).")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The policy model.")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Rollout engines.")
@@ -426,6 +429,9 @@ class Config(_Strict):
     offline: OfflineConfig = Field(default_factory=OfflineConfig, description="Data and losses of offline methods.")
     task: TaskConfig = Field(default_factory=TaskConfig, description="Prompts and held-out set.")
     raft: RaftConfig = Field(default_factory=RaftConfig, description="Best-of-n sampling: RAFT rounds and the best-of-n command.")
+    synthesize: SynthesizeConfig = Field(default_factory=SynthesizeConfig, description=(
+        "Synthetic preference data: the synthesize command and iterative DPO's pairs (docs/methods/synthetic.md)."))
+    iterative: IterativeConfig = Field(default_factory=IterativeConfig, description="Iterative DPO's rounds.")
     trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="Loop length, seed, outputs.")
     sync: SyncConfig = Field(default_factory=SyncConfig, description="Weight sync from the learner to the rollout engines.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Metrics sinks.")

@@ -161,11 +161,13 @@ class WorkerGroup:
             ray.kill(a, no_restart=True)
 
 
-def start_groups(cfg: Config, classes: dict[str, type], run_id: str) -> dict[str, WorkerGroup]:
-    """Checks the layout against the cluster, reserves placement groups, then starts the actors."""
+def start_groups(cfg: Config, classes: dict[str, type], run_id: str, sidecar: bool = False) -> dict[str, WorkerGroup]:
+    """Checks the layout against the cluster, reserves placement groups, then starts the actors.
+    ``sidecar``: groups beside a run's own (rlhf_ray.trainers.sidecar), their placement groups named
+    after ``run_id`` too."""
     roles = list(classes)
     check_feasible(cfg, cluster_nodes(), roles)
-    pgs = create_placement_groups(cfg, roles)
+    pgs = create_placement_groups(cfg, roles, prefix=f"{run_id}/" if sidecar else "")
     return {role: WorkerGroup(role, cls, cfg, run_id, pgs[role]) for role, cls in classes.items()}
 
 

@@ -18,12 +18,13 @@ def cluster_nodes() -> list[dict[str, float]]:
             for n in ray.nodes() if n["Alive"]]
 
 
-def create_placement_groups(cfg: Config, roles: list[str] | None = None, timeout_s: float = 120):
-    """One placement group per plan, ready; returns {role: (pg, plan)}."""
+def create_placement_groups(cfg: Config, roles: list[str] | None = None, timeout_s: float = 120, prefix: str = ""):
+    """One placement group per plan, ready; returns {role: (pg, plan)}. ``prefix`` starts the groups' names
+    (a sidecar's groups beside the run's own: Ray refuses a second live group of the same name)."""
     out = {}
     for p in plan(cfg, roles):
         bundles = [{k: v for k, v in b.items() if v > 0} or {"CPU": 0.001} for b in p.bundles]
-        pg = placement_group(bundles, strategy=cfg.placement.strategy, name=f"{'+'.join(p.roles)}")
+        pg = placement_group(bundles, strategy=cfg.placement.strategy, name=f"{prefix}{'+'.join(p.roles)}")
         try:
             ray.get(pg.ready(), timeout=timeout_s)
         except ray.exceptions.GetTimeoutError:

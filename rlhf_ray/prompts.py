@@ -14,6 +14,7 @@ import torch
 from rlhf_ray.chat import chat_texts
 from rlhf_ray.config import Config
 from rlhf_ray.data.files import read_table
+from rlhf_ray.data.formats import hh_messages, split_hh
 from rlhf_ray.envs.factory import make_environment
 from rlhf_ray.envs.guess import guess_rows
 from rlhf_ray.tasks.arithmetic import make_arithmetic_split
@@ -27,9 +28,11 @@ class PromptSet:
 
 
 def encode_prompts(tokenizer, rows: list[dict], cfg: Config, source: str, where: list[str] | None = None,
-                   system_prompt: str | None = None) -> PromptSet:
+                   system_prompt: str | None = None, drop_long: bool | None = None) -> PromptSet:
     """``where[i]`` names row i in errors (e.g. "train.jsonl.gz line 17"); default "<source> row i".
-    ``system_prompt`` replaces task.system_prompt (an environment's tools are described there)."""
+    ``system_prompt`` replaces task.system_prompt (an environment's tools are described there).
+    ``drop_long``: leave out prompts over model.max_prompt_tokens (default: task.long_prompts=drop)
+    rather than stop; a caller whose rows must stay aligned with another model's says False."""
     if not rows:
         raise ValueError(f"{source}: no prompts")
     where = where or [f"{source} row {i}" for i in range(len(rows))]
@@ -39,10 +42,18 @@ def encode_prompts(tokenizer, rows: list[dict], cfg: Config, source: str, where:
     texts = chat_texts(tokenizer, [r["prompt"] for r in rows], system_prompt or cfg.task.system_prompt, cfg.task.instruction)
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     limit = cfg.model.max_prompt_tokens
-    for i, x in enumerate(ids):
-        if len(x) > limit:
-            raise ValueError(f"{where[i]}: prompt is {len(x)} tokens after the chat template, "
-                             f"over model.max_prompt_tokens={limit}; raise the limit or shorten the prompt")
+    long = [i for i, x in enumerate(ids) if len(x) > limit]
+    if long and (cfg.task.long_prompts == "drop" if drop_long is None else drop_long):
+        print(f"[data] {source}: {len(long)} of {len(rows)} prompts over model.max_prompt_tokens={limit} left out "
+              "(task.long_prompts=drop)", flush=True)
+        keep = [i for i in range(len(rows)) if len(ids[i]) <= limit]
+        if not keep:
+            raise ValueError(f"{source}: every prompt is over model.max_prompt_tokens={limit}")
+        return PromptSet([rows[i] for i in keep], [texts[i] for i in keep], [ids[i] for i in keep])
+    if long:
+        i = long[0]
+        raise ValueError(f"{where[i]}: prompt is {len(ids[i])} tokens after the chat template, over "
+                         f"model.max_prompt_tokens={limit}; raise the limit, shorten the prompt or set task.long_prompts=drop")
     return PromptSet(rows, texts, ids)
 
 
@@ -83,7 +94,7 @@ def load_prompt_files(cfg: Config) -> tuple[tuple[list[dict], list[str]], tuple[
     """((train rows, where), (eval rows, where)) from task.train_file/eval_file; rows are
     {"prompt", "answer"}. Without an eval file the last n_eval rows of the train file are held out."""
     t = cfg.task
-    parse = _gsm8k_row if t.name == "gsm8k" else _jsonl_row
+    parse = {"gsm8k": _gsm8k_row, "hh": _hh_row}.get(t.name, _jsonl_row)
     train = read_table(t.train_file)
     if t.eval_file:
         held_out = read_table(t.eval_file)
@@ -116,10 +127,27 @@ def _gsm8k_row(row: dict, where: str) -> dict:
     return {"prompt": _text_field(row, "question", where), "answer": answer.rsplit("####", 1)[1].strip()}
 
 
+def _hh_row(row: dict, where: str) -> dict:
+    """An HH-RLHF pair's dialogue up to its last 'Assistant:', as chat messages: the prompt both answers
+    continue (rlhf_ray.data.formats.split_hh); no reference answer."""
+    try:
+        prefix = split_hh(_text_field(row, "chosen", where), _text_field(row, "rejected", where))[0]
+        return {"prompt": hh_messages(prefix), "answer": ""}
+    except ValueError as e:
+        raise ValueError(f"{where}: not an HH-RLHF dialogue pair: {e}") from None
+
+
 def _jsonl_row(row: dict, where: str) -> dict:
     answer = row.get("answer", "")
     if not isinstance(answer, (str, int, float)) or isinstance(answer, bool):
         raise ValueError(f"{where}: field 'answer' must be a string or a number, got {type(answer).__name__}")
+    prompt = row.get("prompt")
+    if isinstance(prompt, list):  # a dialogue: chat messages ending with the user's turn
+        if not prompt or not all(isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") in
+                                 ("system", "user", "assistant") for m in prompt) or prompt[-1]["role"] != "user":
+            raise ValueError(f"{where}: field 'prompt' as a list must be chat messages "
+                             "({\"role\": ..., \"content\": ...}) ending with a user turn")
+        return {"prompt": prompt, "answer": str(answer)}
     return {"prompt": _text_field(row, "prompt", where), "answer": str(answer)}
 
 

@@ -204,6 +204,26 @@ class Rollout(Worker):
     def get_version(self) -> int:
         return self.version
 
+    def choice_logprobs(self, prompt_ids: list[list[int]], choice_ids: list[int]) -> dict:
+        """``choices``: for each prompt, log P(c | the next token is one of ``choice_ids``) for each c: an
+        LLM judge's verdict read from its next-token distribution, not parsed from sampled text (no
+        unparseable answers, and a soft preference where the judge hesitates); and the weights ``version``."""
+        if isinstance(self.engine, HFEngine):
+            return {"choices": self.engine.choice_logprobs(prompt_ids, choice_ids), "version": self.version}
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        # Sampling restricted to the choices: the processed log-probs are then over them alone.
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=len(choice_ids), allowed_token_ids=choice_ids)
+        outs = self.engine.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False,
+                                    lora_request=self.lora_request)
+        rows = []
+        for o in outs:
+            top = o.outputs[0].logprobs[0]
+            logits = torch.tensor([top[c].logprob if c in top else -float("inf") for c in choice_ids])
+            rows.append(torch.log_softmax(logits, 0).tolist())
+        return {"choices": rows, "version": self.version}
+
     def score_logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[list[float]]:
         """Log-probs of given responses under the served weights: a layout-independent fingerprint
         of what the engine holds (vLLM on CPU packs its weights into kernels that cannot be read back),
@@ -241,6 +261,15 @@ class HFEngine:
             logps.append(logprobs_from_logits(logits[None], torch.tensor([resp], device=device))[0].tolist())
         return {"response_ids": ids, "logprobs": logps,
                 "finish_reasons": ["stop" if r and r[-1] in eos else "length" for r in ids]}
+
+    @torch.no_grad()
+    def choice_logprobs(self, prompt_ids, choice_ids) -> list[list[float]]:
+        device = next(self.model.parameters()).device
+        rows = []
+        for p in prompt_ids:
+            logits = self.model(torch.tensor([p], device=device)).logits[0, -1, choice_ids].float()
+            rows.append(torch.log_softmax(logits, 0).tolist())
+        return rows
 
     def load_weights(self, named_tensors) -> None:
         params = dict(self.model.named_parameters(remove_duplicate=False))

@@ -139,6 +139,10 @@ class Controller:
     def eval_every(self) -> int:
         return self.cfg.trainer.eval_every
 
+    def evaluates_at(self, step: int) -> bool:
+        """Whether step ``step`` (≥ 1) ends with a held-out evaluation: the last, and every eval_every."""
+        return step == self.total_steps or bool(self.eval_every) and step % self.eval_every == 0
+
     def step(self, step: int) -> dict[str, float]:
         raise NotImplementedError
 
@@ -173,7 +177,7 @@ class Controller:
                 bar.n = state["step"]
                 continue
             check_finite(metrics, step, self.last_checkpoint)
-            if step == total or (self.eval_every and step % self.eval_every == 0):
+            if self.evaluates_at(step):
                 history[step] = self.evaluate(step)
                 metrics.update(history[step])
             self.tracker.log(step, metrics, echo=bar.write)

@@ -20,6 +20,7 @@ from rlhf_ray.dispatch import generate_balanced, trajectories_balanced
 from rlhf_ray.envs.metrics import trajectory_metrics
 from rlhf_ray.roles import PolicyLearner, Rollout
 from rlhf_ray.sync.formation import form_weight_group
+from rlhf_ray.trainers.compare import Comparison
 from rlhf_ray.trainers.controller import Controller
 from rlhf_ray.trainers.inputs import PromptInputs
 
@@ -35,10 +36,15 @@ class OnlineController(Controller):
     inputs: PromptInputs
 
     def __init__(self, inputs: PromptInputs, roles: tuple[str, ...] | None = None):
+        # trainer.eval.baseline: the judged comparison beside the held-out accuracy; its baseline and judge
+        # are checked now, before any actor starts (the judge's actors start at the first comparison)
+        self.comparison = (Comparison(inputs.cfg, inputs.model_paths["rollout"]) if inputs.cfg.trainer.eval.baseline
+                           else None)
         super().__init__(inputs, roles)
         self.train_set, self.eval_set = inputs.train_set, inputs.eval_set
         self.weight_group_members: list | None = None  # actors of the current weight group (sync.transport=collective)
         self.call_ids = itertools.count()  # names each multi-turn generation's trajectories on the environment actors
+        self.standalone_eval = False  # `rlhf-ray eval`: every evaluation compares
         mode, why = self.cfg.lora_sync_choice()
         if mode is not None and "learner" in self.roles:
             lora = self.cfg.learner.lora
@@ -112,7 +118,21 @@ class OnlineController(Controller):
         metrics = {"eval/accuracy": acc, "time/eval": time.perf_counter() - start}
         if "policy_mask" in gen:
             metrics.update({f"eval/{k}": v for k, v in trajectory_metrics(gen).items()})
+        if self.comparison is not None and self.comparison.due(step, None if self.standalone_eval else self.total_steps):
+            compare_start = time.perf_counter()
+            policy = {"texts": gen["texts"], "tokens": [len(r) for r in gen["response_ids"]]}
+            metrics.update(self.comparison.run(step, es.rows, policy, self.version == 0, self.run_id))
+            metrics["time/eval_compare"] = time.perf_counter() - compare_start
         return metrics
+
+    def evaluates_at(self, step: int) -> bool:
+        every = self.cfg.trainer.eval.every if self.comparison is not None else 0
+        return super().evaluates_at(step) or bool(every) and step % every == 0
+
+    def shutdown(self) -> None:
+        if self.comparison is not None:
+            self.comparison.shutdown()
+        super().shutdown()
 
     def sync_weights(self, version: int) -> dict[str, float]:
         """Learner → every rollout engine; fails unless every engine then serves ``version``."""

@@ -1,0 +1,10 @@
+"""The base of every config section (rlhf_ray.config and its sibling modules): strict, so an unknown
+key or a wrong type is an error naming it."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)

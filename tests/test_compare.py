@@ -1,0 +1,107 @@
+"""Judged comparison (`rlhf-ray eval` with trainer.eval.baseline) on real actors: tiny models, vLLM-CPU engines."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rlhf_ray.cli import main
+from tests.conftest import tiny_overrides
+
+ARITH = [{"prompt": f"What is {a} + {b}?", "answer": str(a + b)} for a, b in [(1, 2), (3, 4), (10, 5), (7, 7), (2, 9), (6, 0)]]
+
+
+def _prompt_file(tmp_path) -> str:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ARITH))
+    return str(path)
+
+
+def _eval_args(policy, run_dir, *extra):
+    drop = ("trainer.total_steps=2",)  # eval reads no loop length
+    return [o for o in tiny_overrides(policy, run_dir, *extra) if o not in drop] + ["rollout.max_new_tokens=12"]
+
+
+def _read(run_dir, step=0):
+    about = json.loads((run_dir / f"compare_step{step:05d}.json").read_text())
+    items = [json.loads(x) for x in (run_dir / f"compare_step{step:05d}.jsonl").read_text().splitlines()]
+    return about, items
+
+
+def test_llm_judge_against_itself_is_a_coin_flip(tmp_path, tiny_policy, local_ray):
+    """The policy judged against its own answers: both orders show the same two texts, so the
+    order-corrected win rate is exactly 0.5 whatever the judge prefers, a judge with any preference
+    is inconsistent on every prompt, and first-position preference is its mean P(A)."""
+    run_dir = tmp_path / "self"
+    args = _eval_args(tiny_policy, run_dir, "trainer.eval.baseline=reference", "trainer.eval.judge=llm",
+                      f"trainer.eval.judge_model_path={tiny_policy}", "trainer.eval.bootstrap_samples=200")
+    assert main(["eval", *args, "--prompts", _prompt_file(tmp_path)]) == 0
+    about, items = _read(run_dir)
+    m = about["metrics"]
+    assert len(items) == len(ARITH) and all(it["policy"] == it["baseline"] for it in items)
+    assert m["win_rate"] == pytest.approx(0.5, abs=1e-6)
+    assert m["win_rate_low"] <= 0.5 <= m["win_rate_high"]
+    p_a = [it["policy_first"] for it in items]  # the policy's answer is A in the first order
+    assert [1 - it["policy_second"] for it in items] == pytest.approx(p_a, abs=1e-5)  # the same prompt twice
+    assert m["first_position"] == pytest.approx(sum(p_a) / len(p_a), abs=1e-6)
+    assert m["inconsistency"] == pytest.approx(sum(abs(p - 0.5) > 1e-9 for p in p_a) / len(p_a))
+    assert m["policy_longer"] == 0 and m["length_effect"] == 0
+    summary = json.loads((run_dir / "eval_summary.json").read_text())
+    assert summary["eval/compare/win_rate"] == pytest.approx(0.5, abs=1e-6)
+    for suffix in ("md", "png"):
+        assert (run_dir / f"compare_step00000.{suffix}").stat().st_size > 0
+
+
+def _silent_model(tiny_policy, folder) -> str:
+    """The tiny policy with its final norm zeroed: every logit is 0, greedy decoding picks token 0
+    (<|endoftext|>, a special token) every time, and its answers decode to empty strings."""
+    import torch
+
+    from rlhf_ray.models.loading import load_causal_lm, load_tokenizer
+
+    model = load_causal_lm(tiny_policy, torch.float32)
+    with torch.no_grad():
+        model.model.norm.weight.zero_()
+    model.save_pretrained(folder)
+    load_tokenizer(tiny_policy).save_pretrained(folder)
+    return str(folder)
+
+
+def test_two_folders_rule_accuracy_and_records(tmp_path, tiny_policy, local_ray):
+    """Another folder as the baseline: its answers come from engines of its own; the metrics are the
+    statistics of the written per-prompt records, and both sides' task accuracy is the rule's.
+    On transformers engines (rollout.backend=hf): they start in a second, vLLM's take ~20 s."""
+    other = _silent_model(tiny_policy, tmp_path / "silent")
+    run_dir = tmp_path / "two"
+    args = _eval_args(tiny_policy, run_dir, f"trainer.eval.baseline={other}", "trainer.eval.judge=llm",
+                      f"trainer.eval.judge_model_path={other}", "trainer.eval.bootstrap_samples=200",
+                      "trainer.eval.judge_choices=[X,Y]", "rollout.backend=hf")  # the vLLM path: the test above
+    assert main(["eval", *args, "--prompts", _prompt_file(tmp_path)]) == 0
+    about, items = _read(run_dir)
+    m = about["metrics"]
+    assert about["baseline"] == other
+    assert all(it["baseline"] == "" and it["policy"] for it in items)  # the silent model's, not the policy's
+    assert m["policy_longer"] == 1 and m["baseline_chars_mean"] == 0
+    prefs = [(it["policy_first"] + it["policy_second"]) / 2 for it in items]
+    assert m["win_rate"] == pytest.approx(sum(prefs) / len(prefs), abs=1e-6)
+    assert 0 <= m["lc_win_rate_low"] <= m["lc_win_rate"] <= m["lc_win_rate_high"] <= 1
+    assert m["policy_accuracy"] == 0 and m["baseline_accuracy"] == 0  # random tiny models know no sums
+    assert m["prompts"] == len(ARITH)
+
+
+def test_bad_judge_input_fails_before_any_actor(tmp_path, tiny_policy, local_ray):
+    """A judge label of two tokens, or a reward judge without a model, is an error naming the key, before
+    any actor starts."""
+    from rlhf_ray.config_loading import load_config
+    from rlhf_ray.trainers.evaluate import run_eval
+
+    before = len(local_ray.util.list_named_actors(all_namespaces=True))
+    base = _eval_args(tiny_policy, tmp_path / "bad", "trainer.eval.baseline=reference",
+                      "reference.model_path=" + tiny_policy)
+    for extra, message in [(["trainer.eval.judge=llm", f"trainer.eval.judge_model_path={tiny_policy}",
+                             "trainer.eval.judge_choices=[one,two]"], "'one' is 2 tokens"),
+                           ([], "trainer.eval.judge=reward needs a reward model")]:
+        with pytest.raises(ValueError, match=message):
+            run_eval(load_config(overrides=base + extra))
+    assert len(local_ray.util.list_named_actors(all_namespaces=True)) == before
