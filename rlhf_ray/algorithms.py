@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Controller = Literal["online", "offline", "reward_model", "raft"]
+Controller = Literal["online", "offline", "reward_model", "raft", "iterative"]
 # The trained role's call for one update, named by what it trains on (the method is train_<update>):
 #   policy      PolicyLearner.train_policy: clipped-surrogate epochs on a step's rollouts
 #   preference  PolicyLearner.train_preference: one step on (chosen, rejected) pairs
@@ -91,6 +91,8 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {a.name: a for a in (
                   example="configs/reward_model_hh.yaml", summary="Bradley-Terry reward model"),
     AlgorithmSpec("raft", "raft", ("rollout", "learner", "reward"), "sft", "sft",
                   example="configs/raft_arithmetic.yaml", summary="RAFT: SFT on the best of n samples, in rounds"),
+    AlgorithmSpec("iterative_dpo", "iterative", ONLINE_ROLES, "preference", "dpo", example="configs/iterative_dpo_hh.yaml",
+                  summary="iterative DPO: rounds of DPO on the policy's own best-vs-worst samples"),
 )}
 
 

@@ -30,6 +30,7 @@ READ_INSTEAD = {
     "offline": {"trainer.total_steps": "offline.max_steps", "trainer.eval_every": "offline.eval_every"},
     "reward_model": {"trainer.total_steps": "offline.max_steps", "trainer.eval_every": "offline.eval_every"},
     "raft": {"trainer.total_steps": "raft.rounds", "offline.max_steps": "raft.rounds"},
+    "iterative": {"trainer.total_steps": "iterative.rounds", "offline.max_steps": "iterative.rounds"},
 }
 
 

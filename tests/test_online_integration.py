@@ -31,6 +31,19 @@ def _check_synced(trainer, before, version):
         assert _max_gap(engine, after) < LOGPROB_GAP_TOL
 
 
+def fit_two_synced(ray, trainer, roles: set[str]) -> dict:
+    """Fits a run of two steps (rounds) and shuts it down: its actors were those of ``roles``, and after it
+    every engine serves the learner's weights at version 2."""
+    try:
+        assert _started(ray, trainer.run_id) == roles
+        before, _ = _probe(trainer)
+        summary = trainer.fit()
+        _check_synced(trainer, before, 2)
+    finally:
+        trainer.shutdown()
+    return summary
+
+
 def _overrides(policy, reward_model, run_dir, *extra):
     return tiny_overrides(policy, run_dir, "reward.kind=model", f"reward.model_path={reward_model}",
                           "reward.micro_batch_samples_per_actor=4", *extra)
@@ -52,14 +65,8 @@ def test_critic_free_two_steps(local_ray, tiny_policy, tiny_reward_model, tmp_pa
     cfg = load_config(overrides=_overrides(tiny_policy, tiny_reward_model, tmp_path, f"algorithm={algorithm}",
                                            "ppo.prompts_per_step_global=2", "ppo.samples_per_prompt=4", *extra))
     trainer = PPOTrainer.from_config(cfg)
-    try:
-        assert trainer.critic is None
-        assert _started(local_ray, trainer.run_id) == {"rollout", "learner", "reference", "reward"}
-        before, _ = _probe(trainer)
-        summary = trainer.fit()
-        _check_synced(trainer, before, 2)
-    finally:
-        trainer.shutdown()
+    assert trainer.critic is None
+    summary = fit_two_synced(local_ray, trainer, {"rollout", "learner", "reference", "reward"})
     rows = [r for r in _metrics(tmp_path) if r["step"] > 0]  # step 0: the evaluation before training
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:

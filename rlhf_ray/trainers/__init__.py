@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from rlhf_ray.config import Config
 from rlhf_ray.trainers.controller import Controller
+from rlhf_ray.trainers.iterative import IterativeDPOTrainer
 from rlhf_ray.trainers.offline import OfflineTrainer
 from rlhf_ray.trainers.ppo import PPOTrainer
 from rlhf_ray.trainers.raft import RaftTrainer
 from rlhf_ray.trainers.reward_model import RewardModelTrainer
 
 CONTROLLERS: dict[str, type[Controller]] = {
-    "online": PPOTrainer, "offline": OfflineTrainer, "reward_model": RewardModelTrainer, "raft": RaftTrainer}
+    "online": PPOTrainer, "offline": OfflineTrainer, "reward_model": RewardModelTrainer, "raft": RaftTrainer,
+    "iterative": IterativeDPOTrainer}
 
 
 def controller_for(cfg: Config) -> Controller:
