@@ -559,6 +559,9 @@ class Config(Strict):
         if self.env.enabled and self.spec.controller != "online":
             raise ValueError(f"env.* (multi-turn rollouts) runs with the online algorithms (PPO, GRPO, RLOO, ...), "
                              f"not algorithm={self.algorithm}")
+        if self.env.enabled and self.trainer.eval.baseline:
+            raise ValueError("trainer.eval.baseline judges single answers; with env.* (multi-turn) the held-out "
+                             "evaluation reports the environments' own accuracy (eval/env/*): unset trainer.eval.baseline")
         if self.env.enabled and self.rollout.backend != "vllm":
             raise ValueError("env.* (multi-turn rollouts) steps the vLLM engine turn by turn: set rollout.backend=vllm")
         return self

@@ -105,3 +105,18 @@ def test_bad_judge_input_fails_before_any_actor(tmp_path, tiny_policy, local_ray
         with pytest.raises(ValueError, match=message):
             run_eval(load_config(overrides=base + extra))
     assert len(local_ray.util.list_named_actors(all_namespaces=True)) == before
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["trainer.eval.baseline=reference", "trainer.eval.judge=llm"], "judge=llm needs trainer.eval.judge_model_path"),
+    (["trainer.eval.judge_choices=[A,A]"], "the two labels must differ"),
+    (["trainer.eval.judge_template=Which is better? {answer_a} {answer_b}"], "lacks {question}"),
+    (["trainer.eval.baseline=reference", "env.tools=[rlhf_ray.envs.calculator:calculator]"], "judges single answers"),
+    (["trainer.eval.baselin=reference"], "did you mean 'trainer.eval.baseline'"),
+])
+def test_eval_config_errors_name_the_key(overrides, message):
+    from rlhf_ray.config import ConfigError
+    from rlhf_ray.config_loading import load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=overrides)
