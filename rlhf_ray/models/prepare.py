@@ -3,7 +3,8 @@ what every export of a shipped model shares (the cache, GGUF loading, the atomic
 
 There is no model hub here; the only copy of SmolLM2 is a Q4_1 GGUF shipped inside a PyPI
 package. Learners (transformers/DeepSpeed) and vLLM both want a plain safetensors folder, so we
-dequantize once to float32 and cache the result.
+dequantize once to float32 and cache the result. The second shipped family, Gemma 3, is exported
+the same way by rlhf_ray.models.gemma3; rlhf_ray.models.shipped names them both.
 """
 from __future__ import annotations
 
