@@ -85,9 +85,8 @@ def make_spec(args) -> tuple[dict, list[int]]:
     """(spec for the contenders, real tokens of each step: prompt + response of both rows of each pair)."""
     from rlhf_ray.config_loading import load_config
     from rlhf_ray.data import load_offline_data
-    from rlhf_ray.models.loading import load_tokenizer
+    from rlhf_ray.models.loading import load_tokenizer, resolve_model_path
     from rlhf_ray.prompts import PromptSampler
-    from rlhf_ray.trainers.session import resolve_model_path
 
     model = resolve_model_path(args.model)
     overrides = rlhf_ray_overrides(args, model)

@@ -71,8 +71,7 @@ def main() -> None:
     parser.add_argument("--hf-batch", type=int, default=64)
     args = parser.parse_args()
 
-    from rlhf_ray.models.loading import load_tokenizer
-    from rlhf_ray.trainers.session import resolve_model_path
+    from rlhf_ray.models.loading import load_tokenizer, resolve_model_path
 
     path = resolve_model_path(args.model)
     prompts = prompts_for(load_tokenizer(path), args.prompts)

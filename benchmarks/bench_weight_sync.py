@@ -91,10 +91,9 @@ def main() -> None:
 
     from rlhf_ray.config_loading import load_config
     from rlhf_ray.groups import WorkerGroup
-    from rlhf_ray.models.loading import load_causal_lm
+    from rlhf_ray.models.loading import load_causal_lm, resolve_model_path
     from rlhf_ray.roles import PolicyLearner, Rollout
     from rlhf_ray.sync.formation import form_weight_group
-    from rlhf_ray.trainers.session import resolve_model_path
 
     path = resolve_model_path(args.model)
     # Every node on 127.0.0.1 (see rlhf_ray.trainers.session.start_local_ray for why both are needed).

@@ -98,11 +98,10 @@ class SingleProcessPPO:
     """Everything PPOTrainer's actors hold, in this process; ``step(s)`` is PPOTrainer.step(s)."""
 
     def __init__(self, cfg: Config):
-        from rlhf_ray.models.loading import load_causal_lm, load_tokenizer
+        from rlhf_ray.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
         from rlhf_ray.prompts import PromptSampler, load_task
         from rlhf_ray.reward_functions import import_reward_function
         from rlhf_ray.roles.base import seed_everything
-        from rlhf_ray.trainers.session import resolve_model_path
 
         if cfg.algorithm != "ppo" or cfg.reward.kind != "rule" or cfg.rollout.backend != "vllm":
             raise ValueError("the single-process loop prices PPO with a rule reward and vLLM rollouts; got "

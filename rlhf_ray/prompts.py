@@ -39,8 +39,8 @@ def encode_prompts(tokenizer, rows: list[dict], cfg: Config, source: str, where:
     for i, r in enumerate(rows):
         if not r.get("prompt"):
             raise ValueError(f"{where[i]}: missing or empty field 'prompt'")
-    texts = chat_texts(tokenizer, [r["prompt"] for r in rows], system_prompt or cfg.task.system_prompt, cfg.task.instruction)
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    texts, ids = chat_prompt_ids(tokenizer, [r["prompt"] for r in rows], system_prompt or cfg.task.system_prompt,
+                                 cfg.task.instruction)
     limit = cfg.model.max_prompt_tokens
     long = [i for i, x in enumerate(ids) if len(x) > limit]
     if long and (cfg.task.long_prompts == "drop" if drop_long is None else drop_long):
@@ -55,6 +55,14 @@ def encode_prompts(tokenizer, rows: list[dict], cfg: Config, source: str, where:
         raise ValueError(f"{where[i]}: prompt is {len(ids[i])} tokens after the chat template, over "
                          f"model.max_prompt_tokens={limit}; raise the limit, shorten the prompt or set task.long_prompts=drop")
     return PromptSet(rows, texts, ids)
+
+
+def chat_prompt_ids(tokenizer, questions: list[str], system_prompt: str | None,
+                    instruction: str) -> tuple[list[str], list[list[int]]]:
+    """(texts, ids) of questions as the policy reads them: the chat template (which adds any special
+    tokens the model wants, such as Gemma's <bos>), then the tokens with none added."""
+    texts = chat_texts(tokenizer, questions, system_prompt, instruction)
+    return texts, [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 
 
 def load_task(cfg: Config, tokenizer) -> tuple[PromptSet, PromptSet]:

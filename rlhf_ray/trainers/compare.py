@@ -28,7 +28,7 @@ from rlhf_ray.prompts import encode_prompts, run_system_prompt
 from rlhf_ray.reward_functions import import_reward_function
 from rlhf_ray.roles import Rollout
 from rlhf_ray.trainers.judges import choice_ids, make_judge
-from rlhf_ray.trainers.session import resolve_model_path
+from rlhf_ray.models.loading import resolve_model_path
 from rlhf_ray.trainers.sidecar import Sidecar
 
 PREFIX = "eval/compare/"

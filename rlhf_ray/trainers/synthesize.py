@@ -26,7 +26,7 @@ from rlhf_ray.roles import Rollout
 from rlhf_ray.trainers.inputs import PromptInputs, repeat_prompts
 from rlhf_ray.trainers.judges import score_texts
 from rlhf_ray.trainers.online import OnlineController
-from rlhf_ray.trainers.session import resolve_model_path
+from rlhf_ray.models.loading import resolve_model_path
 from rlhf_ray.trainers.sidecar import Sidecar
 
 MODEL_SEED_STRIDE = 1_000_003  # model i samples with seeds trainer.seed + i × stride + its sample index
