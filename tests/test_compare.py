@@ -120,3 +120,32 @@ def test_eval_config_errors_name_the_key(overrides, message):
 
     with pytest.raises(ConfigError, match=message):
         load_config(overrides=overrides)
+
+
+def test_synthesize_pairs_from_two_families(tmp_path, tiny_policy, tiny_gemma_policy, tiny_reward_model, local_ray):
+    """Candidates from a Llama and a Gemma 3 (other tokenizer, other chat template), scored by a reward
+    model that re-tokenizes each text for itself: pairs respect the margin, say which model and seed
+    wrote each side, and load as DPO data as they are."""
+    from rlhf_ray.config_loading import load_config
+    from rlhf_ray.data import load_offline_data
+    from rlhf_ray.models.loading import load_tokenizer
+
+    out = tmp_path / "pairs.jsonl"
+    args = _eval_args(tiny_policy, tmp_path / "synth", "reward.kind=model", f"reward.model_path={tiny_reward_model}",
+                      f"synthesize.models=[{tiny_policy},{tiny_gemma_policy}]", "synthesize.samples_per_prompt=2",
+                      "synthesize.min_margin=0.01", "rollout.backend=hf", "rollout.temperature=1.5")
+    assert main(["synthesize", *args, "--prompts", _prompt_file(tmp_path), "--out", str(out)]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert 1 <= len(rows) <= len(ARITH)
+    for r in rows:
+        assert r["margin"] == pytest.approx(r["chosen_score"] - r["rejected_score"]) and r["margin"] >= 0.01
+        assert {r["chosen_model"], r["rejected_model"]} <= {tiny_policy, tiny_gemma_policy}
+        assert r["candidates"] == 4 and r["chosen_seed"] != r["rejected_seed"] or r["chosen_model"] != r["rejected_model"]
+        assert r["prompt"] in [a["prompt"] for a in ARITH]
+    summary = json.loads((tmp_path / "synth" / "synthesize_summary.json").read_text())
+    assert summary["rows"] == len(rows) and summary["candidates_per_prompt"] == 4
+    cfg = load_config(overrides=["algorithm=dpo", f"model.path={tiny_policy}", f"offline.train_file={out}",
+                                 "offline.eval_fraction=0", "offline.batch_samples_global=1",
+                                 "learner.micro_batch_samples_per_actor=1"])
+    train, _ = load_offline_data(cfg, load_tokenizer(tiny_policy))
+    assert train.format == "pairs" and len(train.units) == len(rows)

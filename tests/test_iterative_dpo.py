@@ -21,7 +21,8 @@ def test_two_rounds_of_dpo_on_own_samples(local_ray, tiny_policy, tiny_reward_mo
     cfg = load_config(overrides=overrides + [
         "iterative.rounds=2", "iterative.prompts_per_round=4", "synthesize.samples_per_prompt=4",
         "offline.batch_samples_global=4", "reward.kind=model", f"reward.model_path={tiny_reward_model}",
-        "reward.micro_batch_samples_per_actor=4", "trainer.eval_every=1"])
+        "reward.micro_batch_samples_per_actor=4", "trainer.eval_every=1",
+        "trainer.eval.baseline=reference", "trainer.eval.every=1", "trainer.eval.bootstrap_samples=200"])
     summary = fit_two_synced(local_ray, IterativeDPOTrainer.from_config(cfg), {"rollout", "learner", "reference", "reward"})
     rows = _metrics(tmp_path)[1:]
     assert [r["step"] for r in rows] == [1, 2]
@@ -32,3 +33,10 @@ def test_two_rounds_of_dpo_on_own_samples(local_ray, tiny_policy, tiny_reward_mo
     # Round 1's only step starts from the reference itself: DPO's loss is exactly -log σ(0) = log 2.
     assert rows[0]["learner/loss"] == pytest.approx(math.log(2), abs=1e-4)
     assert set(summary["eval"]) == {0, 1, 2}
+    # Judged against the reference by round (its reward model judging): at step 0 the policy is the
+    # reference, its answers are the baseline's, every prompt a tie.
+    first = _metrics(tmp_path)[0]
+    assert first["eval/compare/win_rate"] == 0.5 and first["eval/compare/policy_longer"] == 0
+    for step in (0, 1, 2):
+        assert (tmp_path / f"compare_step{step:05d}.json").is_file()
+    assert all(0 <= r["eval/compare/win_rate"] <= 1 and "eval/compare/lc_win_rate" in r for r in rows)
