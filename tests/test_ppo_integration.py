@@ -9,6 +9,8 @@ import pytest
 
 from conftest import tiny_overrides
 from rlhf_ray.config_loading import load_config
+from rlhf_ray.models.loading import load_causal_lm, load_tokenizer
+from rlhf_ray.models.tokenizer_match import tokenizer_differences
 from rlhf_ray.roles import PolicyLearner, Rollout
 from rlhf_ray.sync.manifest import BucketManifest
 
@@ -169,3 +171,24 @@ def test_logprob_gap_alarm_names_the_step_when_an_engine_serves_other_weights(lo
             trainer.step(3)
     finally:
         trainer.shutdown()
+
+
+def test_ppo_gemma3_vllm_with_reward_model(local_ray, tiny_gemma_policy, tiny_gemma_reward_model, tmp_path):
+    """Any HF causal LM, on a second architecture and tokenizer: policy, reference, critic, reward model
+    and the vLLM engine all on the tiny Gemma 3 (GQA, q/k norms, scaled embeddings, tied head, sliding
+    window layers whose 8-token window every prompt overruns), its own ids and special tokens."""
+    pytest.importorskip("vllm")
+    cfg = load_config(overrides=tiny_overrides(tiny_gemma_policy, tmp_path, "reward.kind=model",
+                                               f"reward.model_path={tiny_gemma_reward_model}", "sync.verify=true",
+                                               "sync.bucket_mb=0.05", "model.sequence_packing=on",
+                                               "trainer.save_every=2"))
+    _fit(cfg)
+    rows = _metrics(tmp_path)
+    _check_metrics(rows, 2)
+    assert all(r["sync/buckets"] > 2 for r in rows[1:])
+    # The exported policy is a Gemma 3 folder again: tied head, and the tokenizer it was trained with.
+    exported = str(tmp_path / "checkpoints" / "step_000002" / "policy_hf")
+    model = load_causal_lm(exported)
+    assert type(model).__name__ == "Gemma3ForCausalLM"
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert tokenizer_differences(load_tokenizer(exported), load_tokenizer(tiny_gemma_policy)) == []
