@@ -149,3 +149,29 @@ def test_synthesize_pairs_from_two_families(tmp_path, tiny_policy, tiny_gemma_po
                                  "learner.micro_batch_samples_per_actor=1"])
     train, _ = load_offline_data(cfg, load_tokenizer(tiny_policy))
     assert train.format == "pairs" and len(train.units) == len(rows)
+
+
+def test_pairwise_prompt_cuts_both_answers_alike():
+    """A judge prompt over its limit keeps the question and cuts the two answers to the same length,
+    so the cut favours neither position; a prompt that fits is the template in the chat template."""
+    from rlhf_ray.config_eval import PAIRWISE_TEMPLATE
+    from rlhf_ray.models.tiny import build_tokenizer
+    from rlhf_ray.trainers.judges import PairwisePrompt
+
+    tok = build_tokenizer()
+    short = PairwisePrompt(tok, PAIRWISE_TEMPLATE, 10_000).ids("What is 2 + 2?", "four", "five")
+    text = tok.decode(short)
+    assert text.startswith("<|im_start|>user\n") and "[Response A]\nfour" in text and "[Response B]\nfive" in text
+    long_a, long_b = " ".join(["seven"] * 300), " ".join(["eight"] * 200)
+    full = len(PairwisePrompt(tok, PAIRWISE_TEMPLATE, 10_000).ids("What is 2 + 2?", long_a, long_b))
+    cut = PairwisePrompt(tok, PAIRWISE_TEMPLATE, 300)
+    for a, b in [(long_a, long_b), (long_b, long_a)]:
+        ids = cut.ids("What is 2 + 2?", a, b)
+        assert len(ids) <= 300 < full
+        rendered = tok.decode(ids)
+        kept_a = rendered.split("[Response A]\n")[1].split("\n\n[Response B]")[0]
+        kept_b = rendered.split("[Response B]\n")[1].split("\n\nAnswer with")[0]
+        assert "What is 2 + 2?" in rendered
+        assert abs(len(tok(kept_a)["input_ids"]) - len(tok(kept_b)["input_ids"])) <= 1  # equal cuts
+    with pytest.raises(ValueError, match="judge_max_prompt_tokens"):
+        PairwisePrompt(tok, PAIRWISE_TEMPLATE, 20).ids("What is 2 + 2?", "four", "five")

@@ -16,11 +16,11 @@ from test_ppo_integration import _metrics
 def test_two_rounds_of_dpo_on_own_samples(local_ray, tiny_policy, tiny_reward_model, tmp_path):
     from rlhf_ray.trainers.iterative import IterativeDPOTrainer
 
-    pytest.importorskip("vllm")
     overrides = [o for o in tiny_overrides(tiny_policy, tmp_path, "algorithm=iterative_dpo") if o != "trainer.total_steps=2"]
     cfg = load_config(overrides=overrides + [
         "iterative.rounds=2", "iterative.prompts_per_round=4", "synthesize.samples_per_prompt=4",
-        "offline.batch_samples_global=4", "reward.kind=model", f"reward.model_path={tiny_reward_model}",
+        "offline.batch_samples_global=4", "rollout.backend=hf",  # engines as vLLM's: test_online_integration
+        "reward.kind=model", f"reward.model_path={tiny_reward_model}",
         "reward.micro_batch_samples_per_actor=4", "trainer.eval_every=1",
         "trainer.eval.baseline=reference", "trainer.eval.every=1", "trainer.eval.bootstrap_samples=200"])
     summary = fit_two_synced(local_ray, IterativeDPOTrainer.from_config(cfg), {"rollout", "learner", "reference", "reward"})

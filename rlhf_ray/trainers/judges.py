@@ -17,6 +17,7 @@ import torch
 
 from rlhf_ray.algos.judging import pairwise_from_scores
 from rlhf_ray.batch import split_list
+from rlhf_ray.chat import prompt_text
 from rlhf_ray.config import Config
 from rlhf_ray.dispatch import map_balanced
 from rlhf_ray.models.loading import load_tokenizer
@@ -51,17 +52,18 @@ class LLMJudge:
 
     def __init__(self, cfg: Config, model_path: str, run_id: str):
         ec = cfg.trainer.eval
+        tokenizer = load_tokenizer(model_path)
         # The verdict is one token: the prompt may take the judge's whole context but that one.
-        self.template, self.limit = ec.judge_template, min(ec.judge_max_prompt_tokens, context_length(model_path) - 1)
-        self.tokenizer = load_tokenizer(model_path)
-        self.choices = choice_ids(self.tokenizer, ec.judge_choices)
+        self.prompt = PairwisePrompt(tokenizer, ec.judge_template,
+                                     min(ec.judge_max_prompt_tokens, context_length(model_path) - 1))
+        self.choices = choice_ids(tokenizer, ec.judge_choices)
         self.sidecar = Sidecar.start(cfg, "rollout", Rollout, model_path, f"{run_id}-judge",
-                                     max_prompt_tokens=self.limit, max_new_tokens=1)
+                                     max_prompt_tokens=self.prompt.limit, max_new_tokens=1)
 
     def judge(self, rows: list[dict], policy: list[str], baseline: list[str]) -> dict[str, torch.Tensor]:
-        questions = [r["prompt"] for r in rows]
-        first = [self.prompt_ids(q, p, b) for q, p, b in zip(questions, policy, baseline)]
-        second = [self.prompt_ids(q, b, p) for q, p, b in zip(questions, policy, baseline)]
+        questions = [prompt_text(r["prompt"]) for r in rows]  # a dialogue as Human:/Assistant: lines
+        first = [self.prompt.ids(q, p, b) for q, p, b in zip(questions, policy, baseline)]
+        second = [self.prompt.ids(q, b, p) for q, p, b in zip(questions, policy, baseline)]
         g = self.sidecar.group
         out = map_balanced(g.actors, first + second,
                            lambda e, start, chunk: e.choice_logprobs.remote(chunk, self.choices), ("choices",),
@@ -72,19 +74,34 @@ class LLMJudge:
         return {"policy_first": policy_first, "policy_second": policy_second,
                 "preference": (policy_first + policy_second) / 2}
 
-    def prompt_ids(self, question: str, answer_a: str, answer_b: str) -> list[int]:
-        """The judge's prompt in its chat template; two long answers are cut by the same number of tokens."""
+    def shutdown(self) -> None:
+        self.sidecar.shutdown()
+
+
+class PairwisePrompt:
+    """The judge's prompt for a question and two answers: ``template`` filled in, as a user turn of the
+    judge's chat template (plain text without one), at most ``limit`` tokens."""
+
+    def __init__(self, tokenizer, template: str, limit: int):
+        self.tokenizer, self.template, self.limit = tokenizer, template, limit
+
+    def ids(self, question: str, answer_a: str, answer_b: str) -> list[int]:
+        """Two answers too long together are cut at the same length: the longest such that both fit (a
+        short answer stays whole), so the cut favours neither position nor answer."""
         ids = self._render(question, answer_a, answer_b)
-        over = len(ids) - self.limit
-        if over <= 0:
+        if len(ids) <= self.limit:
             return ids
         a, b = (self.tokenizer(x, add_special_tokens=False)["input_ids"] for x in (answer_a, answer_b))
-        cut = max(len(a), len(b)) - over  # the longer answer loses most; neither keeps more than ``cut``
-        ids = self._render(question, self.tokenizer.decode(a[:max(cut, 0)]), self.tokenizer.decode(b[:max(cut, 0)]))
-        if len(ids) > self.limit:
-            raise ValueError(f"the judge prompt of question {question[:60]!r} is {len(ids)} tokens even with both answers "
-                             f"cut: raise trainer.eval.judge_max_prompt_tokens={self.limit}")
-        return ids
+        budget = self.limit - len(self._render(question, "", ""))  # tokens the two answers may take
+        short = min(len(a), len(b))
+        keep = budget - short if 2 * short <= budget else budget // 2  # the longest cut where both fit
+        while keep > 0:
+            ids = self._render(question, self.tokenizer.decode(a[:keep]), self.tokenizer.decode(b[:keep]))
+            if len(ids) <= self.limit:
+                return ids
+            keep -= max(1, len(ids) - self.limit)  # re-tokenized text can take a few tokens more
+        raise ValueError(f"the judge prompt of question {question[:60]!r} does not fit {self.limit} tokens even "
+                         f"with both answers cut: raise trainer.eval.judge_max_prompt_tokens")
 
     def _render(self, question: str, answer_a: str, answer_b: str) -> list[int]:
         text = self.template.format(question=question, answer_a=answer_a, answer_b=answer_b)
@@ -92,9 +109,6 @@ class LLMJudge:
             text = self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                                       add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def shutdown(self) -> None:
-        self.sidecar.shutdown()
 
 
 def score_texts(group, rows: list[dict], texts: list[str], what: str) -> torch.Tensor:
