@@ -93,3 +93,34 @@ def test_real_gsm8k_files(tokenizer):
                             "model.max_prompt_tokens=2000"), tokenizer)
     assert len(tr.ids) == 40 and len(ev.ids) == 10
     assert tr.rows[0]["answer"] == "72" and all(r["answer"].lstrip("-").replace(".", "").isdigit() for r in tr.rows + ev.rows)
+
+
+def test_hh_pairs_become_dialogue_prompts_and_long_ones_can_be_left_out(tmp_path, tokenizer):
+    """task.name=hh: each pair's dialogue before its last answer, as chat messages in the template;
+    task.long_prompts=drop leaves out (and counts) what does not fit, error names the row."""
+    def pair(turns: str, i: int):
+        return {"chosen": f"{turns}\n\nAssistant: yes {i}", "rejected": f"{turns}\n\nAssistant: no {i}"}
+    rows = [pair("\n\nHuman: What is 2 + 2?", 0),
+            pair("\n\nHuman: What is 3 + 4?\n\nAssistant: 7\n\nHuman: And 3 - 4?", 1),
+            pair("\n\nHuman: " + "one two three " * 40, 2)]
+    path = _write(tmp_path / "hh.jsonl", rows)
+    common = ["task.name=hh", f"task.train_file={path}", f"task.eval_file={path}", "model.max_prompt_tokens=60"]
+    with pytest.raises(ValueError, match=r"hh.jsonl line 3: prompt is \d+ tokens.*task.long_prompts=drop"):
+        load_task(_cfg(*common), tokenizer)
+    tr, _ = load_task(_cfg(*common, "task.long_prompts=drop"), tokenizer)
+    assert [r["prompt"] for r in tr.rows] == [
+        [{"role": "user", "content": "What is 2 + 2?"}],
+        [{"role": "user", "content": "What is 3 + 4?"}, {"role": "assistant", "content": "7"},
+         {"role": "user", "content": "And 3 - 4?"}]]
+    assert tr.texts[1].endswith("<|im_start|>user\nAnd 3 - 4?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_jsonl_prompts_may_be_chat_messages(tmp_path, tokenizer):
+    msgs = [{"role": "user", "content": "What is 1 + 1?"}, {"role": "assistant", "content": "2"},
+            {"role": "user", "content": "Times 3?"}]
+    path = _write(tmp_path / "p.jsonl", [{"prompt": msgs, "answer": 6}, {"prompt": "What is 5 + 5?"}])
+    tr, _ = load_task(_cfg("task.name=jsonl", f"task.train_file={path}", f"task.eval_file={path}"), tokenizer)
+    assert tr.rows[0] == {"prompt": msgs, "answer": "6"} and tr.texts[0].count("<|im_start|>user") == 2
+    bad = _write(tmp_path / "bad.jsonl", [{"prompt": [{"role": "assistant", "content": "hi"}]}])
+    with pytest.raises(ValueError, match="bad.jsonl line 1: field 'prompt' as a list must be chat messages"):
+        load_task(_cfg("task.name=jsonl", f"task.train_file={bad}", f"task.eval_file={bad}"), tokenizer)
