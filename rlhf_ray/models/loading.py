@@ -9,6 +9,7 @@ import os
 
 import torch
 
+from rlhf_ray.checkpoint import MARKER as CHECKPOINT_MARKER
 from rlhf_ray.models.shipped import SHIPPED_MODELS, shipped_folder
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -55,12 +56,33 @@ def check_model_folder(path: str, tokenizer: bool = True) -> str:
 
 def resolve_model_path(path: str) -> str:
     """A model path of a config: a shipped model's name ('smollm2', 'gemma3': its exported folder,
-    built once and cached) or a checked local folder, as an absolute path."""
+    built once and cached), a run's checkpoint or run directory (its policy's HF export), or a checked
+    local folder, as an absolute path."""
     folder = shipped_folder(path)
     if folder is not None:
         return folder
+    path = run_export(path) or path
     check_model_folder(path)
     return os.path.abspath(os.path.expanduser(path))
+
+
+def run_export(path: str) -> str | None:
+    """The HF export a run's folder holds, for a path that is not a model folder itself: a checkpoint's
+    ``policy_hf``, or in a run directory its ``final`` folder, else its newest complete checkpoint's
+    ``policy_hf`` (rlhf_ray.checkpoint); None for anything else."""
+    path = os.path.expanduser(path)
+    if not os.path.isdir(path) or os.path.isfile(os.path.join(path, "config.json")):
+        return None
+    for candidate in ("policy_hf", "final"):
+        if os.path.isfile(os.path.join(path, candidate, "config.json")):
+            return os.path.join(path, candidate)
+    root = os.path.join(path, "checkpoints")
+    steps = sorted(d for d in os.listdir(root) if os.path.isfile(os.path.join(root, d, CHECKPOINT_MARKER))) \
+        if os.path.isdir(root) else []
+    for step in reversed(steps):
+        if os.path.isfile(os.path.join(root, step, "policy_hf", "config.json")):
+            return os.path.join(root, step, "policy_hf")
+    return None
 
 
 def load_tokenizer(path: str, **kwargs):
