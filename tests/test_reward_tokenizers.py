@@ -117,6 +117,11 @@ def test_reward_model_with_the_policy_tokenizer_scores_the_batch(reward_actor, l
     with_eos = direct_scores(tiny_reward_model, [p + r + [tok.eos_token_id] for p, r in zip(prompt_ids, response_ids)])
     assert texts_only.tolist() == pytest.approx(with_eos, abs=TOL)
     assert max(abs(a - b) for a, b in zip(with_eos, as_generated)) > 100 * TOL
+    # Texts that say which answers were cut at the length limit: those score as generated, without EOS,
+    # as the batch would have them (a judge scoring texts agrees with the run's reward).
+    ended = [True, False, False]
+    mixed = local_ray.get(actor.score.remote(None, QUESTIONS, RESPONSES, ANSWERS, ended), timeout=60)
+    assert mixed.tolist() == pytest.approx([with_eos[0], as_generated[1], as_generated[2]], abs=TOL)
 
 
 def test_reward_model_with_another_tokenizer_refuses_trajectories(tiny_policy, tiny_gemma_reward_model):

@@ -27,16 +27,21 @@ class RewardTexts:
     """(prompt, response) texts → a batch in a reward model's own tokens, in the format rlhf_ray
     trains reward models on: the prompt row through the chat template as the policy's prompts are
     (rlhf_ray.prompts: the run's system prompt and task.instruction), the response as the offline
-    reward-model data encodes it (rlhf_ray.data.preference.Encoder: its text, then the EOS token)."""
+    reward-model data encodes it (rlhf_ray.data.preference.Encoder: its text, then the EOS token if it
+    ended by itself; a response cut at the length limit gets none, as a cut training response)."""
 
     def __init__(self, tokenizer, cfg: Config):
         self.tokenizer = tokenizer
         self.system_prompt, self.instruction = run_system_prompt(cfg), cfg.task.instruction
         self.encoder = Encoder(tokenizer, cfg.offline)
 
-    def batch(self, prompts: list[str], responses: list[str]) -> Batch:
+    def batch(self, prompts: list[str], responses: list[str], ended: list[bool] | None = None) -> Batch:
+        """``ended[i]``: response i stopped by itself (default: every one did)."""
         _, prompt_ids = chat_prompt_ids(self.tokenizer, prompts, self.system_prompt, self.instruction)
-        return build_batch(prompt_ids, [self.encoder.response_ids(r) for r in responses], self.tokenizer.pad_token_id)
+        ids = [self.encoder.response_ids(r) for r in responses]
+        if ended is not None:  # a cut response without its EOS; an empty one keeps it (a score needs a token)
+            ids = [r if e or len(r) == 1 else r[:-1] for r, e in zip(ids, ended)]
+        return build_batch(prompt_ids, ids, self.tokenizer.pad_token_id)
 
 
 class Reward(Worker):
@@ -73,16 +78,18 @@ class Reward(Worker):
         return sum(p.numel() for p in self.model.parameters())
 
     @torch.no_grad()
-    def score(self, batch: Batch | None, prompts: list[str], responses: list[str], answers: list[str]) -> torch.Tensor:
+    def score(self, batch: Batch | None, prompts: list[str], responses: list[str], answers: list[str],
+              ended: list[bool] | None = None) -> torch.Tensor:
         """One score per response. ``prompts`` are the prompt rows' texts (before the chat template) and
         ``responses`` the decoded responses; ``batch`` holds the same samples in the policy's tokens, or
-        is None from a caller that has texts only."""
+        is None from a caller that has texts only, which says in ``ended`` which responses stopped by
+        themselves rather than at the length limit (default: all)."""
         rc = self.cfg.reward
         if rc.kind == "rule":
             return check_scores(self.fn(prompts, responses, answers), len(responses), f"reward.function {rc.function}")
         if rc.kind == "http":  # the client has checked count and finiteness, naming the URL
             return torch.tensor(self.client.score(prompts, responses, answers), dtype=torch.float32)
         if batch is None or self.own_tokens:
-            batch = self.texts.batch(prompts, responses)
+            batch = self.texts.batch(prompts, responses, ended)
         scores = self.map_forward(batch, lambda mb: sequence_scores(self.model, mb, self.pack))
         return check_scores(scores.tolist(), len(responses), "reward model")

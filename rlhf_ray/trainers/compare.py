@@ -64,7 +64,7 @@ class Comparison:
         if cfg.trainer.eval.judge == "llm":
             choice_ids(load_tokenizer(self.judge_path), cfg.trainer.eval.judge_choices)
         self.accuracy_fn = import_reward_function(cfg.reward.function) if cfg.reward.kind == "rule" else None
-        self.baseline: dict | None = None  # {"texts", "tokens"}
+        self.baseline: dict | None = None  # ``answers`` of the baseline
         self.judge = None
 
     def due(self, step: int, last_step: int | None) -> bool:
@@ -73,7 +73,7 @@ class Comparison:
         return last_step is None or bool(every) and (step in (0, last_step) or step % every == 0)
 
     def run(self, step: int, rows: list[dict], policy: dict, policy_is_initial: bool, run_id: str) -> dict[str, float]:
-        """``policy``: {"texts", "tokens"} of the policy's greedy answers to ``rows``. ``policy_is_initial``:
+        """``policy``: the policy's greedy answers to ``rows`` (``answers``). ``policy_is_initial``:
         the engines still serve the initial policy, whose answers are then the baseline's when the
         baseline is that policy (no second engine). ``run_id`` names the actors it starts."""
         self.run_id = run_id
@@ -82,7 +82,7 @@ class Comparison:
             self.baseline = dict(policy) if same else self.generate_baseline(rows)
         if self.judge is None:
             self.judge = make_judge(self.cfg, self.judge_path, self.run_id)
-        verdict = self.judge.judge(rows, policy["texts"], self.baseline["texts"])
+        verdict = self.judge.judge(rows, policy, self.baseline)
         metrics = self.statistics(verdict, rows, policy, self.baseline)
         self.write(step, metrics, rows, policy, verdict)
         return {PREFIX + k: v for k, v in metrics.items()}
@@ -99,8 +99,7 @@ class Comparison:
                                     timeout_s=self.cfg.trainer.call_timeout_s)
         finally:
             side.shutdown()
-        return {"texts": tok.batch_decode(out["response_ids"], skip_special_tokens=True),
-                "tokens": [len(r) for r in out["response_ids"]]}
+        return answers(tok.batch_decode(out["response_ids"], skip_special_tokens=True), out)
 
     def statistics(self, verdict: dict, rows: list[dict], policy: dict, baseline: dict) -> dict[str, float]:
         ec = self.cfg.trainer.eval
@@ -153,6 +152,13 @@ class Comparison:
         if self.judge is not None:
             self.judge.shutdown()
             self.judge = None
+
+
+def answers(texts: list[str], generated: dict) -> dict:
+    """One side's answers as a comparison reads them: texts, token counts, and which ended by themselves
+    (a reward judge scores a cut answer without an end token, as rlhf_ray's reward models are trained)."""
+    return {"texts": texts, "tokens": [len(r) for r in generated["response_ids"]],
+            "ended": [f == "stop" for f in generated["finish_reasons"]]}
 
 
 def render_table(m: dict, about: dict) -> str:

@@ -34,9 +34,10 @@ class RewardJudge:
         self.sidecar = Sidecar.start(cfg, "reward", Reward, model_path, f"{run_id}-judge",
                                      reward=cfg.reward.model_copy(update={"kind": "model", "model_path": model_path}))
 
-    def judge(self, rows: list[dict], policy: list[str], baseline: list[str]) -> dict[str, torch.Tensor]:
+    def judge(self, rows: list[dict], policy: dict, baseline: dict) -> dict[str, torch.Tensor]:
         n = len(rows)
-        scores = score_texts(self.sidecar.group, rows + rows, policy + baseline, "judge reward scores")
+        scores = score_texts(self.sidecar.group, rows + rows, policy["texts"] + baseline["texts"], "judge reward scores",
+                             policy["ended"] + baseline["ended"])
         return {"policy_score": scores[:n], "baseline_score": scores[n:],
                 "preference": pairwise_from_scores(scores[:n], scores[n:])}
 
@@ -60,8 +61,9 @@ class LLMJudge:
         self.sidecar = Sidecar.start(cfg, "rollout", Rollout, model_path, f"{run_id}-judge",
                                      max_prompt_tokens=self.prompt.limit, max_new_tokens=1)
 
-    def judge(self, rows: list[dict], policy: list[str], baseline: list[str]) -> dict[str, torch.Tensor]:
+    def judge(self, rows: list[dict], policy: dict, baseline: dict) -> dict[str, torch.Tensor]:
         questions = [prompt_text(r["prompt"]) for r in rows]  # a dialogue as Human:/Assistant: lines
+        policy, baseline = policy["texts"], baseline["texts"]
         first = [self.prompt.ids(q, p, b) for q, p, b in zip(questions, policy, baseline)]
         second = [self.prompt.ids(q, b, p) for q, p, b in zip(questions, policy, baseline)]
         g = self.sidecar.group
@@ -111,13 +113,13 @@ class PairwisePrompt:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def score_texts(group, rows: list[dict], texts: list[str], what: str) -> torch.Tensor:
-    """Reward actors' scores of ``texts`` (answers to ``rows``), split evenly over the actors; each actor
-    tokenizes them for its own model (Reward.score with no batch)."""
+def score_texts(group, rows: list[dict], texts: list[str], what: str, ended: list[bool]) -> torch.Tensor:
+    """Reward actors' scores of ``texts`` (answers to ``rows``; ``ended``: which stopped by themselves),
+    split evenly over the actors; each actor tokenizes them for its own model (Reward.score with no batch)."""
     n = group.size
     shards = zip(group.actors, split_list([r["prompt"] for r in rows], n), split_list(texts, n),
-                 split_list([r.get("answer", "") for r in rows], n))
-    return group.gather_cat([a.score.remote(None, p, t, ans) for a, p, t, ans in shards], what)
+                 split_list([r.get("answer", "") for r in rows], n), split_list(ended, n))
+    return group.gather_cat([a.score.remote(None, p, t, ans, e) for a, p, t, ans, e in shards], what)
 
 
 def context_length(model_path: str) -> int:

@@ -20,7 +20,7 @@ from rlhf_ray.dispatch import generate_balanced, trajectories_balanced
 from rlhf_ray.envs.metrics import trajectory_metrics
 from rlhf_ray.roles import PolicyLearner, Rollout
 from rlhf_ray.sync.formation import form_weight_group
-from rlhf_ray.trainers.compare import Comparison
+from rlhf_ray.trainers.compare import Comparison, answers
 from rlhf_ray.trainers.controller import Controller
 from rlhf_ray.trainers.inputs import PromptInputs
 
@@ -120,7 +120,7 @@ class OnlineController(Controller):
             metrics.update({f"eval/{k}": v for k, v in trajectory_metrics(gen).items()})
         if self.comparison is not None and self.comparison.due(step, None if self.standalone_eval else self.total_steps):
             compare_start = time.perf_counter()
-            policy = {"texts": gen["texts"], "tokens": [len(r) for r in gen["response_ids"]]}
+            policy = answers(gen["texts"], gen)
             metrics.update(self.comparison.run(step, es.rows, policy, self.version == 0, self.run_id))
             metrics["time/eval_compare"] = time.perf_counter() - compare_start
         return metrics

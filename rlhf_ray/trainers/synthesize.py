@@ -44,7 +44,8 @@ def sample_candidates(cfg: Config, model_path: str, rows: list[dict], n: int, se
         side.shutdown()
     # Rollout.generate seeds the request at position i of the whole call with seed + i.
     return {"texts": tok.batch_decode(out["response_ids"], skip_special_tokens=True),
-            "seeds": [seed + i for i in range(len(out["response_ids"]))]}
+            "seeds": [seed + i for i in range(len(out["response_ids"]))],
+            "ended": [f == "stop" for f in out["finish_reasons"]]}
 
 
 def scorer_name(cfg: Config) -> str:
@@ -69,7 +70,8 @@ def run_synthesize(cfg: Config) -> dict:
         candidates: list[list[Candidate]] = [[] for _ in rows]
         for i, (name, path) in enumerate(zip(names, paths)):
             got = sample_candidates(cfg, path, rows, k, cfg.trainer.seed + i * MODEL_SEED_STRIDE, f"{ctl.run_id}-model{i}")
-            scores = score_texts(ctl.reward, repeat_prompts(rows, k), got["texts"], f"scores of {name}'s candidates")
+            scores = score_texts(ctl.reward, repeat_prompts(rows, k), got["texts"], f"scores of {name}'s candidates",
+                                 got["ended"])
             for j, (text, s, seed) in enumerate(zip(got["texts"], scores.tolist(), got["seeds"])):
                 candidates[j // k].append(Candidate(text, s, name, seed))
     finally:
