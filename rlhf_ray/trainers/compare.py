@@ -125,11 +125,11 @@ class Comparison:
             m[f"{side}_chars_mean"] = statistics.fmean(len(t) for t in answers["texts"])
             m[f"{side}_chars_median"] = float(statistics.median(len(t) for t in answers["texts"]))
         m["policy_longer"] = float((diff > 0).double().mean())
-        answers = [r.get("answer") or "" for r in rows]
-        if self.accuracy_fn is not None and any(answers):
+        references = [r.get("answer") or "" for r in rows]  # the task's reference answers (not ``answers`` below)
+        if self.accuracy_fn is not None and any(references):
             prompts = [r["prompt"] for r in rows]
             for side, a in (("policy", policy), ("baseline", baseline)):
-                m[f"{side}_accuracy"] = statistics.fmean(self.accuracy_fn(prompts, a["texts"], answers))
+                m[f"{side}_accuracy"] = statistics.fmean(self.accuracy_fn(prompts, a["texts"], references))
         return m
 
     def write(self, step: int, metrics: dict, rows: list[dict], policy: dict, verdict: dict) -> None:
