@@ -83,10 +83,10 @@ def rlhf_ray_overrides(args, model: str) -> list[str]:
 
 def make_spec(args) -> tuple[dict, list[int]]:
     """(spec for the contenders, real tokens of each step: prompt + response of both rows of each pair)."""
-    from rlhf_ray.config_loading import load_config
+    from rlhf_ray.config.loading import load_config
     from rlhf_ray.data import load_offline_data
+    from rlhf_ray.data.prompts import PromptSampler
     from rlhf_ray.models.loading import load_tokenizer, resolve_model_path
-    from rlhf_ray.prompts import PromptSampler
 
     model = resolve_model_path(args.model)
     overrides = rlhf_ray_overrides(args, model)
@@ -143,7 +143,7 @@ def run_contender(name: str, spec_path: str, work: str, threads: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     if name == "plain_keep_freed":  # the plain loop with the malloc settings rlhf_ray's CPU actors get
-        from rlhf_ray.groups import KEEP_FREED_MEMORY
+        from rlhf_ray.cluster.groups import KEEP_FREED_MEMORY
 
         env.update(KEEP_FREED_MEMORY)
     start = time.perf_counter()

@@ -36,9 +36,9 @@ def folder_bytes(path: Path) -> int:
 
 
 def run(config: str, steps: int, warmup: int, overrides: list[str], run_dir: Path) -> dict:
-    from rlhf_ray.config_loading import load_config
-    from rlhf_ray.roles.ds_worker import DeepSpeedWorker
+    from rlhf_ray.config.loading import load_config
     from rlhf_ray.roles.base import Worker
+    from rlhf_ray.roles.ds_worker import DeepSpeedWorker
     from rlhf_ray.trainers.ppo import PPOTrainer
 
     shutil.rmtree(run_dir, ignore_errors=True)

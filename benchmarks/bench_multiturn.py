@@ -22,10 +22,10 @@ from common import machine, table  # noqa: E402
 
 
 def run_mode(model: str, scheduling: str, args) -> list[dict]:
-    from rlhf_ray.config_loading import load_config
-    from rlhf_ray.groups import WorkerGroup
+    from rlhf_ray.cluster.groups import WorkerGroup
+    from rlhf_ray.config.loading import load_config
+    from rlhf_ray.data.prompts import encode_prompts
     from rlhf_ray.models.loading import load_tokenizer, resolve_model_path
-    from rlhf_ray.prompts import encode_prompts
     from rlhf_ray.roles import EnvHost, Rollout
     from rlhf_ray.tasks.arithmetic import make_arithmetic_split
 

@@ -116,13 +116,13 @@ def main() -> None:
                              "(ray.cpu_malloc_keep_freed) by re-running this script with them")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    from rlhf_ray.groups import KEEP_FREED_MEMORY
+    from rlhf_ray.cluster.groups import KEEP_FREED_MEMORY
 
     if args.keep_freed and any(os.environ.get(k) != v for k, v in KEEP_FREED_MEMORY.items()):
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **KEEP_FREED_MEMORY})
     malloc = "keep-freed" if all(os.environ.get(k) == v for k, v in KEEP_FREED_MEMORY.items()) else "glibc default"
 
-    from rlhf_ray.config_loading import load_config
+    from rlhf_ray.config.loading import load_config
 
     overrides = ["logging.wandb_mode=disabled", "logging.ray_metrics=false", "logging.progress_bar=false",
                  "trainer.run_dir=runs/bench_ppo_step", *args.overrides]

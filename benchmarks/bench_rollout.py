@@ -16,7 +16,7 @@ from common import machine, table  # noqa: E402
 
 
 def prompts_for(tokenizer, n: int) -> list[list[int]]:
-    from rlhf_ray.chat import chat_texts
+    from rlhf_ray.data.chat import chat_texts
     from rlhf_ray.tasks.arithmetic import make_arithmetic_split
 
     rows, _ = make_arithmetic_split(n, 1, seed=0, max_operand=99)

@@ -89,11 +89,11 @@ def main() -> None:
     from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
-    from rlhf_ray.config_loading import load_config
-    from rlhf_ray.groups import WorkerGroup
+    from rlhf_ray.cluster.groups import WorkerGroup
+    from rlhf_ray.config.loading import load_config
     from rlhf_ray.models.loading import load_causal_lm, resolve_model_path
     from rlhf_ray.roles import PolicyLearner, Rollout
-    from rlhf_ray.sync.formation import form_weight_group
+    from rlhf_ray.trainers.weight_group import form_weight_group
 
     path = resolve_model_path(args.model)
     # Every node on 127.0.0.1 (see rlhf_ray.trainers.session.start_local_ray for why both are needed).

@@ -33,9 +33,9 @@ def run_plain(spec: dict) -> dict:
     import torch
 
     from rlhf_ray.algos.offline import preference_objective
-    from rlhf_ray.batch import micro_batches
     from rlhf_ray.config import OfflineConfig
     from rlhf_ray.data import Unit, collate
+    from rlhf_ray.data.batch import micro_batches
     from rlhf_ray.models.forward import sequence_logprobs
     from rlhf_ray.models.loading import load_causal_lm, load_tokenizer
 
@@ -86,7 +86,7 @@ def run_rlhf_ray(spec: dict) -> dict:
     metrics.jsonl (`time/step`: batch + reference + learner update, as the plain loop times)."""
     import ray
 
-    from rlhf_ray.config_loading import load_config
+    from rlhf_ray.config.loading import load_config
     from rlhf_ray.trainers.offline import OfflineTrainer
 
     set_threads(spec["threads"])
@@ -111,7 +111,7 @@ def run_rlhf_ray(spec: dict) -> dict:
 
 def check_same_units(trainer, spec: dict) -> None:
     """The trainer tokenised the file itself: its units and batch order must be the spec's."""
-    from rlhf_ray.prompts import PromptSampler
+    from rlhf_ray.data.prompts import PromptSampler
 
     sampler = PromptSampler(len(trainer.train.units), trainer.cfg.trainer.seed)
     for b in spec["batches"]:

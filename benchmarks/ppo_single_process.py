@@ -38,12 +38,12 @@ import time
 import torch
 
 from rlhf_ray.algos import AdaptiveKLController, FixedKLController, masked_mean
-from rlhf_ray.batch import Batch, batch_size, build_batch, map_micro_batches, micro_batches, select
-from rlhf_ray.config import Config, TrainableRole
-from rlhf_ray.config_loading import load_config
-from rlhf_ray.models.forward import ValueModel, response_logprobs, response_values
-from rlhf_ray.tracking import StageTimer
 from rlhf_ray.algos.objectives import policy_objective, value_objective
+from rlhf_ray.config import Config, TrainableRole
+from rlhf_ray.config.loading import load_config
+from rlhf_ray.data.batch import Batch, batch_size, build_batch, map_micro_batches, micro_batches, select
+from rlhf_ray.models.forward import ValueModel, response_logprobs, response_values
+from rlhf_ray.runs.tracking import StageTimer
 from rlhf_ray.trainers.estimate import penalize_and_estimate
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -98,9 +98,9 @@ class SingleProcessPPO:
     """Everything PPOTrainer's actors hold, in this process; ``step(s)`` is PPOTrainer.step(s)."""
 
     def __init__(self, cfg: Config):
+        from rlhf_ray.data.prompts import PromptSampler, load_task
         from rlhf_ray.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
-        from rlhf_ray.prompts import PromptSampler, load_task
-        from rlhf_ray.reward_functions import import_reward_function
+        from rlhf_ray.rewards.functions import import_reward_function
         from rlhf_ray.roles.base import seed_everything
 
         if cfg.algorithm != "ppo" or cfg.reward.kind != "rule" or cfg.rollout.backend != "vllm":
@@ -149,7 +149,7 @@ class SingleProcessPPO:
 
     def score(self, batch: Batch, rows: list[int], texts: list[str]) -> torch.Tensor:
         """Fills ref_logprobs, old_logprobs and old_values; returns the rule reward's scores."""
-        from rlhf_ray.reward_functions import check_scores
+        from rlhf_ray.rewards.functions import check_scores
 
         cfg, t = self.cfg, self.cfg.rollout.temperature
         with torch.no_grad():
@@ -184,7 +184,7 @@ class SingleProcessPPO:
         return {f"critic/{k}": v for k, v in self.critic.train_epochs(batch, loss_fn, ppo.epochs).items()}
 
     def step(self, step: int, generate_chunks: int = 1) -> dict[str, float]:
-        from rlhf_ray.models.vllm_weights import load_weights_into_vllm
+        from rlhf_ray.sync.vllm_weights import load_weights_into_vllm
 
         ppo, timer = self.cfg.ppo, StageTimer()
         start = time.perf_counter()

@@ -1,7 +1,7 @@
 """The algorithm table: one row per algorithm, and the only place that says what an algorithm is.
 
 Everything that varies by algorithm is read from its row: the config's choice list and checks
-(rlhf_ray.config), which roles start (rlhf_ray.layout), which controller drives them
+(rlhf_ray.config), which roles start (rlhf_ray.cluster.layout), which controller drives them
 (rlhf_ray.trainers), which learner call trains and with which registered functions (the roles and
 rlhf_ray.algos). Adding an algorithm is one row here plus the functions it names, registered in
 rlhf_ray.algos; see docs/architecture.md, "Adding an algorithm".

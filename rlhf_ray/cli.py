@@ -15,11 +15,11 @@ import os
 import sys
 from pathlib import Path
 
-from rlhf_ray import jobs
+from rlhf_ray.cluster import jobs
 from rlhf_ray.config import ConfigError
-from rlhf_ray.config_loading import config_table, load_config
+from rlhf_ray.config.loading import config_table, load_config
 from rlhf_ray.models.shipped import SHIPPED_MODELS
-from rlhf_ray.report import write_report
+from rlhf_ray.runs.report import write_report
 
 
 def _split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
@@ -47,8 +47,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from rlhf_ray.plan import make_plan, plan_nodes, render
-    from rlhf_ray.preflight import preflight_submit
+    from rlhf_ray.planning.plan import make_plan, plan_nodes, render
+    from rlhf_ray.planning.preflight import preflight_submit
 
     path, overrides = _split_config_args(args.config)
     cfg = load_config(path, overrides)
@@ -103,7 +103,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_make_traces(args) -> int:
-    from rlhf_ray.envs.traces import write_calculator_traces
+    from rlhf_ray.data.traces import write_calculator_traces
 
     path, overrides = _split_config_args(args.config)
     cfg = load_config(path, overrides)
@@ -122,7 +122,7 @@ ADDRESS_HELP = ("dashboard address (default $RAY_ADDRESS or http://127.0.0.1:826
 
 
 def cmd_submit(args) -> int:
-    from rlhf_ray.preflight import preflight_submit
+    from rlhf_ray.planning.preflight import preflight_submit
 
     path, overrides = _split_config_args(args.config)
     env = dict(item.split("=", 1) for item in args.env)
@@ -172,7 +172,7 @@ def cmd_config_doc(args) -> int:
 
 
 def cmd_serve_reward(args) -> int:
-    from rlhf_ray.reward_server import serve_reward_function
+    from rlhf_ray.rewards.server import serve_reward_function
 
     token = None
     if args.token_env:

@@ -13,9 +13,9 @@ import time
 import pytest
 
 from conftest import tiny_overrides
-from rlhf_ray.config_loading import load_config
-from rlhf_ray.trainers.controller import TrainableLost
+from rlhf_ray.config.loading import load_config
 from rlhf_ray.roles import Rollout
+from rlhf_ray.trainers.controller import TrainableLost
 
 
 def _kill(group, rank=0):

@@ -9,9 +9,9 @@ import pytest
 
 from rlhf_ray.algorithms import ALGORITHMS
 from rlhf_ray.algos import ADVANTAGE_ESTIMATORS, POLICY_LOSSES, PREFERENCE_LOSSES
+from rlhf_ray.cluster.layout import active_roles
 from rlhf_ray.config import ConfigError
-from rlhf_ray.config_loading import load_config
-from rlhf_ray.layout import active_roles
+from rlhf_ray.config.loading import load_config
 from rlhf_ray.roles import PolicyLearner
 from rlhf_ray.trainers import CONTROLLERS
 from rlhf_ray.trainers.offline import UPDATES

@@ -20,8 +20,8 @@ from rlhf_ray.algos import (
     masked_whiten,
 )
 from rlhf_ray.algos.objectives import policy_objective, value_objective
-from rlhf_ray.batch import build_batch, trim_padding
-from rlhf_ray.config_loading import load_config
+from rlhf_ray.config.loading import load_config
+from rlhf_ray.data.batch import build_batch, trim_padding
 
 T = 12
 # Rows as (length, policy mask over the length): holes mid-row, a mask ending before the length

@@ -14,7 +14,7 @@ import pytest
 from conftest import assert_fails_before_actors as _assert_fails_before_actors
 from conftest import tiny_overrides
 from rlhf_ray.config import ConfigError
-from rlhf_ray.config_loading import load_config
+from rlhf_ray.config.loading import load_config
 
 
 def bad_reward_count(prompts, responses, answers):  # used by import path below
@@ -142,7 +142,7 @@ def test_prompt_file_problems(tiny_policy, tmp_path):
 
 
 def test_layout_the_cluster_cannot_hold(local_ray, tiny_policy, tmp_path):
-    from rlhf_ray.layout import InfeasibleLayout
+    from rlhf_ray.cluster.layout import InfeasibleLayout
 
     cfg = load_config(overrides=tiny_overrides(tiny_policy, tmp_path / "run", "rollout.num_gpus_per_actor=64"))
     _assert_fails_before_actors(cfg, InfeasibleLayout, "does not fit the cluster")
@@ -150,7 +150,7 @@ def test_layout_the_cluster_cannot_hold(local_ray, tiny_policy, tmp_path):
 
 # ------------------------------------------------------------------ reward answers and checkpoints
 def test_reward_answers_are_checked():
-    from rlhf_ray.reward_functions import check_scores
+    from rlhf_ray.rewards.functions import check_scores
 
     with pytest.raises(ValueError, match="returned 1 scores for 3 samples"):
         check_scores(bad_reward_count([], ["a", "b", "c"], []), 3, "reward.function x")
@@ -159,7 +159,7 @@ def test_reward_answers_are_checked():
 
 
 def test_resume_from_something_that_is_not_a_checkpoint(tmp_path):
-    from rlhf_ray.checkpoint import resolve_resume
+    from rlhf_ray.runs.checkpoint import resolve_resume
 
     with pytest.raises(FileNotFoundError, match="trainer.resume=.*not a complete checkpoint"):
         resolve_resume(str(tmp_path), tmp_path)
@@ -208,7 +208,7 @@ def test_more_cpus_than_the_machine_has(tiny_policy, tmp_path):
 
 
 def test_run_directory_that_cannot_be_written(tiny_policy):
-    from rlhf_ray.rundir import RunDirError
+    from rlhf_ray.runs.rundir import RunDirError
 
     cfg = load_config(overrides=tiny_overrides(tiny_policy, "/sys/rlhf_ray_run"))
     _assert_fails_before_actors(cfg, RunDirError, "trainer.run_dir=/sys/rlhf_ray_run: cannot write in /sys")

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_fails_before_actors, tiny_overrides
-from rlhf_ray.checkpoint import CheckpointError, CheckpointManager, resolve_resume, rng_state, set_rng_state, verify
-from rlhf_ray.config_loading import load_config
-from rlhf_ray.rundir import RunDirError
+from rlhf_ray.config.loading import load_config
+from rlhf_ray.runs.checkpoint import CheckpointError, CheckpointManager, resolve_resume, rng_state, set_rng_state, verify
+from rlhf_ray.runs.rundir import RunDirError
 
 
 def _save(manager, step, state=None):
@@ -76,7 +76,7 @@ def test_manifest_catches_a_changed_missing_or_added_file(tmp_path):
 def test_commit_fsyncs_every_file_before_the_rename(tmp_path, monkeypatch):
     import os
 
-    import rlhf_ray.checkpoint as ckpt
+    import rlhf_ray.runs.checkpoint as ckpt
 
     synced, renamed = [], []
     real_fsync, real_rename = os.fsync, Path.rename

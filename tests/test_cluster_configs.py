@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_ray.config_loading import load_config
-from rlhf_ray.layout import check_feasible, nodes_from_cluster_file
+from rlhf_ray.cluster.layout import check_feasible, nodes_from_cluster_file
+from rlhf_ray.config.loading import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_FILES = sorted((ROOT / "cluster_configs").glob("*.yaml"))

@@ -93,7 +93,7 @@ def test_two_folders_rule_accuracy_and_records(tmp_path, tiny_policy, local_ray)
 def test_bad_judge_input_fails_before_any_actor(tmp_path, tiny_policy, local_ray):
     """A judge label of two tokens, or a reward judge without a model, is an error naming the key, before
     any actor starts."""
-    from rlhf_ray.config_loading import load_config
+    from rlhf_ray.config.loading import load_config
     from rlhf_ray.trainers.evaluate import run_eval
 
     before = len(local_ray.util.list_named_actors(all_namespaces=True))
@@ -116,7 +116,7 @@ def test_bad_judge_input_fails_before_any_actor(tmp_path, tiny_policy, local_ray
 ])
 def test_eval_config_errors_name_the_key(overrides, message):
     from rlhf_ray.config import ConfigError
-    from rlhf_ray.config_loading import load_config
+    from rlhf_ray.config.loading import load_config
 
     with pytest.raises(ConfigError, match=message):
         load_config(overrides=overrides)
@@ -126,7 +126,7 @@ def test_synthesize_pairs_from_two_families(tmp_path, tiny_policy, tiny_gemma_po
     """Candidates from a Llama and a Gemma 3 (other tokenizer, other chat template), scored by a reward
     model that re-tokenizes each text for itself: pairs respect the margin, say which model and seed
     wrote each side, and load as DPO data as they are."""
-    from rlhf_ray.config_loading import load_config
+    from rlhf_ray.config.loading import load_config
     from rlhf_ray.data import load_offline_data
     from rlhf_ray.models.loading import load_tokenizer
 
@@ -154,7 +154,7 @@ def test_synthesize_pairs_from_two_families(tmp_path, tiny_policy, tiny_gemma_po
 def test_pairwise_prompt_cuts_both_answers_alike():
     """A judge prompt over its limit keeps the question and cuts the two answers to the same length,
     so the cut favours neither position; a prompt that fits is the template in the chat template."""
-    from rlhf_ray.config_eval import PAIRWISE_TEMPLATE
+    from rlhf_ray.config.evaluation import PAIRWISE_TEMPLATE
     from rlhf_ray.models.tiny import build_tokenizer
     from rlhf_ray.trainers.judges import PairwisePrompt
 

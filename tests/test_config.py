@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rlhf_ray.config import Config
 
-from rlhf_ray.config_loading import config_table, load_config, save_config
+from rlhf_ray.config.loading import config_table, load_config, save_config
 
 
 def test_yaml_then_overrides(tmp_path):

@@ -11,8 +11,8 @@ import torch
 
 from rlhf_ray.algos.masked import mask_from_lengths
 from rlhf_ray.config import ConfigError
-from rlhf_ray.config_loading import load_config
-from rlhf_ray.prompts import PromptSampler
+from rlhf_ray.config.loading import load_config
+from rlhf_ray.data.prompts import PromptSampler
 from rlhf_ray.trainers.best_of_n import best_rows
 from rlhf_ray.trainers.estimate import estimate_advantages, group_metrics
 from rlhf_ray.trainers.inputs import PromptInputs, repeat_prompts

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf_ray.config_loading import load_config
+from rlhf_ray.config.loading import load_config
 from rlhf_ray.data import DataError, collate, encode, hh_messages, load_offline_data, read_table, split_hh
 
 SHARED_HH = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "hh-rlhf"

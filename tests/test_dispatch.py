@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from rlhf_ray.dispatch import generate_balanced
+from rlhf_ray.cluster.dispatch import generate_balanced
 
 
 def _engines(local_ray, n, delays=None):
@@ -52,8 +52,8 @@ def test_slow_engine_gets_less_work(local_ray):
 
 @pytest.mark.parametrize("n_engines", [2, 4])
 def test_doubling_real_engines_halves_each_share(local_ray, tiny_policy, n_engines):
-    from rlhf_ray.config_loading import load_config
-    from rlhf_ray.groups import WorkerGroup
+    from rlhf_ray.cluster.groups import WorkerGroup
+    from rlhf_ray.config.loading import load_config
     from rlhf_ray.roles import Rollout
 
     cfg = load_config(overrides=[f"model.path={tiny_policy}", "rollout.backend=hf", "rollout.max_new_tokens=4",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlhf_ray.config_loading import config_table
+from rlhf_ray.config.loading import config_table
 
 ROOT = Path(__file__).resolve().parents[1]
 

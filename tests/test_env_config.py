@@ -9,8 +9,8 @@ import pytest
 
 from rlhf_ray.cli import main
 from rlhf_ray.config import ConfigError
-from rlhf_ray.config_loading import load_config
-from rlhf_ray.prompts import run_system_prompt, task_rows
+from rlhf_ray.config.loading import load_config
+from rlhf_ray.data.prompts import run_system_prompt, task_rows
 from tests.conftest import assert_fails_before_actors, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,10 +20,10 @@ from rlhf_ray.data.formats import detect_format, text_examples
 from rlhf_ray.envs import (CalculatorEnvironment, EnvProtocolError, Environment, GuessNumberEnvironment,
                            Observation, ToolEnvironment, TurnFormat, calculator, check_observation,
                            format_tool_call, make_tool_environment, parse_tool_calls, tool_schema)
+from rlhf_ray.data.traces import FINAL_ANSWER, calculator_sft_rows
 from rlhf_ray.envs import calculator as calculator_module
 from rlhf_ray.envs.guess import guess_rows
 from rlhf_ray.envs.tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, ToolCall, ToolCallError, tools_system_prompt
-from rlhf_ray.envs.traces import FINAL_ANSWER, calculator_sft_rows
 from rlhf_ray.models.tiny import CHATML_TEMPLATE, build_tokenizer
 
 SMOLLM2 = "/root/.cache/rlhf_ray/models/SmolLM2-135M-Instruct"

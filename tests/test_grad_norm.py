@@ -20,9 +20,9 @@ import torch
 from conftest import tiny_overrides
 from rlhf_ray.algos import Normalizer
 from rlhf_ray.algos.objectives import policy_objective
-from rlhf_ray.batch import build_batch
-from rlhf_ray.config_loading import load_config
-from rlhf_ray.groups import WorkerGroup
+from rlhf_ray.cluster.groups import WorkerGroup
+from rlhf_ray.config.loading import load_config
+from rlhf_ray.data.batch import build_batch
 from rlhf_ray.models.forward import response_logprobs
 from rlhf_ray.models.loading import load_causal_lm
 from rlhf_ray.roles import PolicyLearner

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from conftest import tiny_overrides
-from rlhf_ray.config_loading import load_config
+from rlhf_ray.config.loading import load_config
 from test_online_integration import fit_two_synced
 from test_ppo_integration import _metrics
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_overrides
-from rlhf_ray.jobs import build_entrypoint, runtime_env
+from rlhf_ray.cluster.jobs import build_entrypoint, runtime_env
 from rlhf_ray.roles.base import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ ROLES = ("rollout", "learner", "critic", "reference", "reward")
 
 
 def test_entrypoint_and_runtime_env(monkeypatch, tmp_path):
-    from rlhf_ray.jobs import FORWARDED_ENV
+    from rlhf_ray.cluster.jobs import FORWARDED_ENV
 
     for name in FORWARDED_ENV:
         monkeypatch.delenv(name, raising=False)
@@ -48,7 +48,7 @@ def test_entrypoint_and_runtime_env(monkeypatch, tmp_path):
 
 
 def test_cluster_address_rule(monkeypatch):
-    from rlhf_ray.config_loading import load_config
+    from rlhf_ray.config.loading import load_config
 
     def address(value=None):
         return load_config(None, [f"ray.address={value}"] if value else []).ray.cluster_address()
@@ -63,7 +63,7 @@ def test_cluster_address_rule(monkeypatch):
 
 
 def test_token_sources(monkeypatch, tmp_path):
-    from rlhf_ray.jobs import cluster_token
+    from rlhf_ray.cluster.jobs import cluster_token
 
     for name in RAY_AUTH_VARS:
         monkeypatch.delenv(name, raising=False)

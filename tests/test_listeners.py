@@ -15,7 +15,7 @@ import socket
 import pytest
 
 from conftest import tiny_overrides
-from rlhf_ray.config_loading import load_config
+from rlhf_ray.config.loading import load_config
 from rlhf_ray.roles.base import Worker
 
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import assert_fails_before_actors, tiny_overrides
-from rlhf_ray.checkpoint import CheckpointError
 from rlhf_ray.config import ConfigError, LoraConfig
-from rlhf_ray.config_loading import load_config
+from rlhf_ray.config.loading import load_config
 from rlhf_ray.models.loading import load_causal_lm
+from rlhf_ray.runs.checkpoint import CheckpointError
 from rlhf_ray.models.lora import (LoraTargetError, adapter_config_json, adapter_parameters, apply_lora,
                                   merged_parameters, save_adapter, touched_modules)
 from rlhf_ray.roles import PolicyLearner, Reference, Rollout
@@ -113,7 +113,7 @@ def test_adapter_folder_loads_in_peft_and_is_checked_against_the_model(tiny_poli
 def test_plan_counts_adapter_sized_model_states(tiny_policy):
     """The memory plan's adapter count equals PEFT's; the LoRA learner's gradients and Adam states are
     those of the adapter, its weights the whole (frozen) model plus the adapter."""
-    from rlhf_ray.memory import model_shape, trained_estimate
+    from rlhf_ray.planning.memory import model_shape, trained_estimate
 
     shape = model_shape(tiny_policy)
     model = apply_lora(load_causal_lm(tiny_policy), LoraConfig(rank=8, targets=["q_proj", "up_proj"]), "learner.lora")
@@ -137,7 +137,7 @@ def _counts(group):
 
 
 def _probe_batch(trainer):
-    from rlhf_ray.batch import build_batch
+    from rlhf_ray.data.batch import build_batch
 
     prompts = trainer.train_set.ids[:3]
     responses = [trainer.tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("12", "7 + 5 = 12", "no")]
@@ -244,7 +244,7 @@ def test_lora_dpo_reference_for_free_and_exports(local_ray, tiny_policy, tmp_pat
     log-probs are the base model's; the policy moves; the merged and PEFT exports are the same model."""
     from peft import PeftModel
 
-    from rlhf_ray.batch import build_batch
+    from rlhf_ray.data.batch import build_batch
     from rlhf_ray.models.forward import sequence_logprobs
     from rlhf_ray.trainers.offline import OfflineTrainer
     from test_offline_integration import fit, overrides, write_pairs

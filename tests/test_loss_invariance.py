@@ -24,7 +24,7 @@ from rlhf_ray.algos import (
 )
 from rlhf_ray.algos.objectives import policy_objective, value_objective
 from rlhf_ray.algos.offline import kto_objective, preference_objective
-from rlhf_ray.config_loading import load_config
+from rlhf_ray.config.loading import load_config
 
 LENGTHS = [9, 1, 2, 0, 5, 3, 7, 4]  # an empty response too: a sequence mean skips it
 T = 10

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from conftest import tiny_overrides
-from rlhf_ray.batch import build_batch
-from rlhf_ray.config_loading import load_config
-from rlhf_ray.groups import WorkerGroup
+from rlhf_ray.cluster.groups import WorkerGroup
+from rlhf_ray.config.loading import load_config
+from rlhf_ray.data.batch import build_batch
 from rlhf_ray.roles import PolicyLearner
 
 RESPONSES = [[5, 6, 7, 8, 9, 10, 11], [12], [13, 14], [15]]  # 7, 1 | 2, 1 tokens: unequal micro-batches

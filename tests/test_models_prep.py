@@ -177,7 +177,7 @@ def mean_nll(model, tok, texts: list[str], bos: bool) -> float:
 def test_prepare_gemma3(tmp_path):
     """The export of the base model: <bos> first in every prompt (2.76 nats per token on plain English
     with it, 5.91 without), Gemma's special tokens, a tied head, no GGUF left behind."""
-    from rlhf_ray.chat import chat_texts
+    from rlhf_ray.data.chat import chat_texts
     from rlhf_ray.models.gemma3 import prepare_gemma3
 
     path = prepare_gemma3(str(tmp_path / "gemma"))
@@ -203,10 +203,10 @@ def test_shipped_names_resolve_for_every_role_and_the_cli(tiny_dir, monkeypatch,
     """'gemma3' and 'smollm2' name their exports wherever a model path is read (the exports themselves
     are the slow tests'; here each name's exporter is a stand-in that returns a tiny folder)."""
     from rlhf_ray import cli
-    from rlhf_ray.config_loading import load_config
-    from rlhf_ray.memory import model_folder
+    from rlhf_ray.config.loading import load_config
     from rlhf_ray.models import shipped
     from rlhf_ray.models.loading import resolve_model_path
+    from rlhf_ray.planning.memory import model_folder
     from rlhf_ray.trainers.inputs import model_paths
 
     llama, gemma = build_tiny_model(tiny_dir), build_tiny_model(tiny_dir, family="gemma3")

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import tiny_overrides
 from multinode import multinode_ray
-from rlhf_ray.config_loading import load_config
+from rlhf_ray.config.loading import load_config
 from rlhf_ray.roles import Critic, PolicyLearner, Reference, Reward, Rollout
 
 # Each node offers the resource of the role slots it hosts; <role>.resources_per_actor asks for them.
@@ -40,7 +40,7 @@ def _cfg(cluster, *overrides):
 
 def _landed(cluster, cfg, classes) -> dict[str, list[str]]:
     """Starts the groups (actors without models), returns each role's node name per rank."""
-    from rlhf_ray.groups import shutdown_groups, start_groups
+    from rlhf_ray.cluster.groups import shutdown_groups, start_groups
 
     groups = start_groups(cfg, classes, "multinode-placement")
     try:
@@ -62,8 +62,8 @@ def test_spread_puts_each_rank_on_its_own_node(cluster, strategy):
 
 
 def test_strict_spread_beyond_the_nodes_fails_before_any_actor(cluster):
-    from rlhf_ray.groups import start_groups
-    from rlhf_ray.layout import InfeasibleLayout
+    from rlhf_ray.cluster.groups import start_groups
+    from rlhf_ray.cluster.layout import InfeasibleLayout
 
     cfg = _cfg(cluster, "rollout.num_actors=6", "placement.strategy=STRICT_SPREAD")
     with pytest.raises(InfeasibleLayout, match="one bundle of a group per node"):

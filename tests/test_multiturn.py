@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 
-from rlhf_ray.config_loading import load_config
+from rlhf_ray.config.loading import load_config
 from rlhf_ray.envs.format import TurnFormat
 from rlhf_ray.models.loading import load_tokenizer
 from tests.conftest import tiny_overrides
@@ -43,7 +43,7 @@ def _hand_gae(token_rewards, values, positions, gamma, lam):
 
 
 def test_two_turn_trajectories_match_the_hand_computation(tiny_policy, tmp_path):
-    from rlhf_ray.batch import build_batch
+    from rlhf_ray.data.batch import build_batch
     from rlhf_ray.trainers.estimate import penalize_and_estimate
     from rlhf_ray.trainers.ppo import PPOTrainer
 
@@ -112,7 +112,7 @@ def test_two_turn_trajectories_match_the_hand_computation(tiny_policy, tmp_path)
 @pytest.fixture(scope="module")
 def engine(tiny_policy, tmp_path_factory):
     """One tiny vLLM rollout actor whose environment calls time out after 1 s and are retried once."""
-    from rlhf_ray.groups import WorkerGroup
+    from rlhf_ray.cluster.groups import WorkerGroup
     from rlhf_ray.roles import Rollout
 
     cfg = _failure_cfg(tiny_policy, tmp_path_factory.mktemp("mt"), "env.on_failure=end")
@@ -134,8 +134,8 @@ _env_groups = itertools.count()
 
 def _trajectories(rollout, policy, environment: str, *extra, n: int = 3) -> dict:
     """n trajectories of the tiny prompts on ``rollout`` with a fresh environment actor of ``environment``."""
-    from rlhf_ray.groups import WorkerGroup
-    from rlhf_ray.prompts import encode_prompts
+    from rlhf_ray.cluster.groups import WorkerGroup
+    from rlhf_ray.data.prompts import encode_prompts
     from rlhf_ray.roles import EnvHost
 
     cfg = _failure_cfg(policy, "unused", f"env.environment={environment}", *extra)
@@ -189,7 +189,7 @@ def test_max_turns_and_the_token_budget_truncate_and_are_marked(engine, tiny_pol
 def test_on_failure_raise_stops_the_call_naming_actor_and_prompt(tiny_policy, tmp_path):
     import ray
 
-    from rlhf_ray.groups import WorkerGroup
+    from rlhf_ray.cluster.groups import WorkerGroup
     from rlhf_ray.roles import Rollout
 
     cfg = _failure_cfg(tiny_policy, tmp_path, "env.on_failure=raise", "env.retries=0", "env.max_turns=40",

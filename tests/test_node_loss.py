@@ -11,7 +11,7 @@ import pytest
 
 from conftest import tiny_overrides
 from multinode import multinode_ray
-from rlhf_ray.config_loading import load_config
+from rlhf_ray.config.loading import load_config
 from rlhf_ray.roles import Rollout
 
 # Seconds a respawned actor may wait for a node (trainer.placement_wait_s, 300 by default for a real cluster):

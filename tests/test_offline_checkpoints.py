@@ -8,7 +8,7 @@ import json
 import pytest
 
 from conftest import tiny_overrides
-from rlhf_ray.config_loading import load_config
+from rlhf_ray.config.loading import load_config
 from test_offline_integration import fit, metrics_rows, overrides, write_pairs
 
 STEP_KEYS = ("learner/loss", "learner/margin", "learner/accuracy", "learner/grad_norm")

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from rlhf_ray.config_loading import load_config
+from rlhf_ray.config.loading import load_config
 
 ALL_EVAL = ("eval/loss", "eval/accuracy", "eval/margin", "eval/reward_chosen", "eval/reward_rejected")
 
@@ -88,7 +88,7 @@ def test_kto_objective_and_pairwise_accuracy():
 
 def test_dpo_learns_and_saves_loadable_policy(local_ray, tiny_policy, tmp_path):
     from rlhf_ray.algos.offline import preference_objective
-    from rlhf_ray.batch import build_batch
+    from rlhf_ray.data.batch import build_batch
     from rlhf_ray.models.forward import sequence_logprobs
     from rlhf_ray.models.loading import load_causal_lm
     from rlhf_ray.trainers.offline import OfflineTrainer
@@ -150,7 +150,7 @@ def test_reference_precompute_equals_per_batch(local_ray, tiny_policy, tmp_path)
 
 
 def test_precompute_plans_only_the_units_a_run_visits():
-    from rlhf_ray.prompts import PromptSampler
+    from rlhf_ray.data.prompts import PromptSampler
     from rlhf_ray.trainers.offline import planned_units
 
     sampler = PromptSampler(100, seed=3)
@@ -186,7 +186,7 @@ def test_method_runs_through_actors(local_ray, tiny_policy, tmp_path, algorithm,
 def test_reward_model_trains_saves_and_loads_in_reward_role(local_ray, tiny_policy, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from rlhf_ray.batch import build_batch
+    from rlhf_ray.data.batch import build_batch
     from rlhf_ray.roles.reward import Reward
     from rlhf_ray.trainers.reward_model import RewardModelTrainer
 
@@ -243,7 +243,7 @@ def test_saved_policy_serves_in_vllm(local_ray, tiny_policy, tmp_path):
     from vllm import LLM
 
     from rlhf_ray.models.loading import load_causal_lm
-    from rlhf_ray.models.vllm_weights import vllm_prompt_logprobs
+    from rlhf_ray.sync.vllm_weights import vllm_prompt_logprobs
     from rlhf_ray.trainers import run
 
     data = write_pairs(tmp_path / "pairs.jsonl", n=8)

@@ -11,7 +11,7 @@ import math
 import pytest
 
 from conftest import tiny_overrides
-from rlhf_ray.config_loading import load_config
+from rlhf_ray.config.loading import load_config
 from rlhf_ray.roles import Rollout
 from test_ppo_integration import LOGPROB_GAP_TOL, _max_gap, _metrics, _probe
 

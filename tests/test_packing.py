@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhf_ray.batch import build_batch, micro_batches
+from rlhf_ray.data.batch import build_batch, micro_batches
 from rlhf_ray.models.forward import response_logprobs, sequence_logprobs
 from rlhf_ray.models.packing import first_fit_decreasing, pack
 from rlhf_ray.models.packing_check import packing_matches

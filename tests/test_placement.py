@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rlhf_ray.config_loading import load_config
-from rlhf_ray.layout import InfeasibleLayout, check_feasible, plan
+from rlhf_ray.cluster.layout import InfeasibleLayout, check_feasible, plan
+from rlhf_ray.config.loading import load_config
 
 NODE_8GPU = {"CPU": 64, "GPU": 8}
 
@@ -78,7 +78,7 @@ def test_unknown_role_in_colocate_is_a_config_error():
 
 
 def _landed(local_ray, cfg, classes):
-    from rlhf_ray.groups import shutdown_groups, start_groups
+    from rlhf_ray.cluster.groups import shutdown_groups, start_groups
 
     groups = start_groups(cfg, classes, "placement-test")
     try:
@@ -111,7 +111,7 @@ def test_split_roles_get_their_own_gpus(local_ray):
 
 
 def test_layout_beyond_the_cluster_fails_before_any_actor(local_ray):
-    from rlhf_ray.groups import start_groups
+    from rlhf_ray.cluster.groups import start_groups
     from rlhf_ray.roles import Rollout
 
     cfg = _cfg("rollout.num_actors=8", "rollout.num_gpus_per_actor=1")

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_ray import cli, jobs
-from rlhf_ray.config_loading import load_config
-from rlhf_ray.hardware import gpu_from_names, nodes_from_file
-from rlhf_ray.layout import assign
-from rlhf_ray.memory import (GIB, activation_bytes, logit_bytes, model_folder, model_shape, model_states,
+from rlhf_ray import cli
+from rlhf_ray.cluster import jobs
+from rlhf_ray.cluster.hardware import gpu_from_names, nodes_from_file
+from rlhf_ray.cluster.layout import assign
+from rlhf_ray.config.loading import load_config
+from rlhf_ray.planning.memory import (GIB, activation_bytes, logit_bytes, model_folder, model_shape, model_states,
                              role_estimates)
-from rlhf_ray.plan import DoesNotFit, check_fit, make_plan, plan_nodes, render
+from rlhf_ray.planning.plan import DoesNotFit, check_fit, make_plan, plan_nodes, render
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA7B = str(ROOT / "configs/models/llama-2-7b")

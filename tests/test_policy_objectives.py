@@ -9,7 +9,7 @@ import torch
 
 from rlhf_ray.algos import ADVANTAGE_ESTIMATORS, POLICY_LOSSES, mask_from_lengths
 from rlhf_ray.algos.objectives import policy_objective, value_objective
-from rlhf_ray.config_loading import load_config
+from rlhf_ray.config.loading import load_config
 
 LENGTHS = [3, 1, 4, 2]
 

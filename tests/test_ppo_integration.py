@@ -8,7 +8,7 @@ import math
 import pytest
 
 from conftest import tiny_overrides
-from rlhf_ray.config_loading import load_config
+from rlhf_ray.config.loading import load_config
 from rlhf_ray.models.loading import load_causal_lm, load_tokenizer
 from rlhf_ray.models.tokenizer_match import tokenizer_differences
 from rlhf_ray.roles import PolicyLearner, Rollout
@@ -21,7 +21,7 @@ LOGPROB_GAP_TOL = 1e-3
 
 def _probe(trainer):
     """Fixed (prompt, response) pairs scored by the learner and by every rollout engine."""
-    from rlhf_ray.batch import build_batch
+    from rlhf_ray.data.batch import build_batch
 
     prompts = trainer.train_set.ids[:3]
     responses = [trainer.tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("12", "7 + 5 = 12", "no")]

@@ -10,8 +10,8 @@ import pytest
 
 from rlhf_ray.config import ConfigError
 
-from rlhf_ray.config_loading import load_config
-from rlhf_ray.prompts import load_task
+from rlhf_ray.config.loading import load_config
+from rlhf_ray.data.prompts import load_task
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared/data/gsm8k"
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rlhf_ray.report import read_metrics, summarize, write_report
+from rlhf_ray.runs.report import read_metrics, summarize, write_report
 
 
 def _write(run_dir, rows):

@@ -18,9 +18,9 @@ import pytest
 
 from rlhf_ray.config import ConfigError
 
-from rlhf_ray.config_loading import load_config
-from rlhf_ray.reward_server import serve_reward_function
-from rlhf_ray.rewards_http import HttpRewardClient, RewardServiceError
+from rlhf_ray.config.loading import load_config
+from rlhf_ray.rewards.client import HttpRewardClient, RewardServiceError
+from rlhf_ray.rewards.server import serve_reward_function
 
 FN = "rlhf_ray.tasks.rewards:arithmetic_exact_match"
 PROMPTS = ["What is 2 + 3?", "What is 7 - 4?", "What is 6 * 7?"]

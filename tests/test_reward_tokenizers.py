@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from rlhf_ray.batch import build_batch
-from rlhf_ray.config_loading import load_config
+from rlhf_ray.config.loading import load_config
+from rlhf_ray.data.batch import build_batch
 from rlhf_ray.models.loading import load_tokenizer
 from rlhf_ray.models.tokenizer_match import tokenizer_differences
 from rlhf_ray.roles.reward import Reward

@@ -7,7 +7,7 @@ import gc
 import pytest
 import torch
 
-from rlhf_ray.config_loading import load_config
+from rlhf_ray.config.loading import load_config
 
 
 def test_seeded_batch_larger_than_default_token_budget(tiny_policy):

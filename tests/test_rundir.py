@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from rlhf_ray.checkpoint import CheckpointError, CheckpointManager
-from rlhf_ray.config_loading import load_config, save_config
-from rlhf_ray.rundir import RunDirError, check_resume, check_run_dir, claim_run_dir, fingerprint
+from rlhf_ray.config.loading import load_config, save_config
+from rlhf_ray.runs.checkpoint import CheckpointError, CheckpointManager
+from rlhf_ray.runs.rundir import RunDirError, check_resume, check_run_dir, claim_run_dir, fingerprint
 
 
 def _cfg(run_dir, *extra):
@@ -106,7 +106,7 @@ def test_a_directory_a_running_process_holds_is_refused_and_a_stale_lock_is_not(
     import subprocess
     import sys
 
-    from rlhf_ray.rundir import release_run_dir
+    from rlhf_ray.runs.rundir import release_run_dir
 
     cfg = _cfg(tmp_path / "run")
     claim_run_dir(cfg, None)

@@ -8,7 +8,7 @@ import multiprocessing as mp
 import pytest
 import torch
 
-from rlhf_ray.rendezvous import bind
+from rlhf_ray.cluster.rendezvous import bind
 from rlhf_ray.sync.buckets import flatten, layer_buckets, layer_of, unflatten
 from rlhf_ray.sync.manifest import BucketManifest, SyncReceipt, WeightSyncError, check_bucket
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from rlhf_ray.config_loading import load_config
-from rlhf_ray.tracking import StageTimer, Tracker, console_line
+from rlhf_ray.config.loading import load_config
+from rlhf_ray.runs.tracking import StageTimer, Tracker, console_line
 
 
 def test_jsonl_and_tensorboard_agree(tmp_path):

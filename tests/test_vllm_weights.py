@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlhf_ray.models.tiny import build_tiny_model
-from rlhf_ray.models.vllm_weights import (
+from rlhf_ray.sync.vllm_weights import (
     WORKER_EXTENSION,
     _check_fused_groups,
     load_weights_into_vllm,
@@ -140,11 +140,11 @@ def _broadcast_sync(llm, named, version, verify, tamper=None):
     then sends ``named`` as one bucket (``tamper`` alters the buffer after the manifest is made)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from rlhf_ray.rendezvous import bind
+    from rlhf_ray.cluster.rendezvous import bind
     from rlhf_ray.sync.buckets import flatten
     from rlhf_ray.sync.group import WeightGroup
     from rlhf_ray.sync.manifest import BucketManifest
-    from rlhf_ray.models.vllm_weights import join_weight_group, receive_into_vllm
+    from rlhf_ray.sync.vllm_weights import join_weight_group, receive_into_vllm
 
     held = bind("127.0.0.1")
     port = held.getsockname()[1]

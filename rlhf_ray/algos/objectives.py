@@ -8,19 +8,33 @@ so the accumulated gradient is the gradient of the documented mean, whatever the
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from torch import Tensor
-
-if TYPE_CHECKING:  # the algos stay importable without the config layer
-    from rlhf_ray.config import PPOConfig
 
 from .aggregate import Normalizer, aggregate_loss
 from .offpolicy import is_weight_metrics, truncated_is_weights
 from .registry import KL_ESTIMATORS, POLICY_LOSSES, VALUE_LOSSES
 
 
-def policy_objective(ppo: PPOConfig, loss_name: str, agg: str, logp: Tensor, entropy: Tensor, mb: dict[str, Tensor],
+class KLSettings(Protocol):
+    estimator: str
+    placement: str
+
+
+class PPOSettings(Protocol):
+    """The hyper-parameters these objectives read: the config's ``ppo`` section (rlhf_ray.config.PPOConfig)
+    fits, and the maths stays importable without the config layer above it."""
+    clip_eps: float
+    clip_eps_high: float | None
+    entropy_coef: float
+    tis_cap: float | None
+    value_clip_eps: float
+    value_loss_coef: float
+    kl: KLSettings
+
+
+def policy_objective(ppo: PPOSettings, loss_name: str, agg: str, logp: Tensor, entropy: Tensor, mb: dict[str, Tensor],
                      kl_coef: float, norm: Normalizer | None = None) -> tuple[Tensor, dict[str, float]]:
     """L = policy_loss(ρ, A; agg) − c_H · agg(H) + [ppo.kl.placement = loss] β · agg(KL(π‖π_ref)).
 
@@ -48,7 +62,7 @@ def policy_objective(ppo: PPOConfig, loss_name: str, agg: str, logp: Tensor, ent
     return loss, metrics
 
 
-def value_objective(ppo: PPOConfig, values: Tensor, mb: dict[str, Tensor],
+def value_objective(ppo: PPOSettings, values: Tensor, mb: dict[str, Tensor],
                     norm: Normalizer | None = None) -> tuple[Tensor, dict[str, float]]:
     """c_V · ½ mean_t max((V − R)², (V_old + clip(V − V_old, ±ε_V) − R)²), the token mean over the step."""
     loss, metrics = VALUE_LOSSES.get("clipped")(values, mb["old_values"], mb["returns"], mb["response_mask"],

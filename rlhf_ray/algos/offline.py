@@ -8,20 +8,28 @@ completion) for KTO; see rlhf_ray.data.preference.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:  # the algos stay importable without the config layer
-    from rlhf_ray.config import OfflineConfig
 
 from .aggregate import Normalizer, mean_over_units
 from .losses import kto_loss, preference_metrics
 from .registry import PREFERENCE_LOSSES
 
 
-def preference_objective(objective: str, oc: OfflineConfig, logps: Tensor, lengths: Tensor,
+class OfflineSettings(Protocol):
+    """The hyper-parameters these objectives read: the config's ``offline`` section
+    (rlhf_ray.config.OfflineConfig) fits, and the maths stays importable without the config layer."""
+    beta: float
+    label_smoothing: float
+    simpo_gamma: float
+    orpo_lambda: float
+    kto_desirable_weight: float
+    kto_undesirable_weight: float
+
+
+def preference_objective(objective: str, oc: OfflineSettings, logps: Tensor, lengths: Tensor,
                          ref_logps: Tensor | None = None,
                          norm: Normalizer | None = None) -> tuple[Tensor, dict[str, float]]:
     """Mean preference loss of adjacent (chosen, rejected) rows over the step ``norm`` counts (in
@@ -58,7 +66,7 @@ def kto_reference_point_distributed(policy_mismatched: Tensor, ref_mismatched: T
     return max((total[0] / total[1].clamp(min=1)).item(), 0.0)
 
 
-def kto_objective(oc: OfflineConfig, logps: Tensor, ref_logps: Tensor, labels: Tensor,
+def kto_objective(oc: OfflineSettings, logps: Tensor, ref_logps: Tensor, labels: Tensor,
                   z0: float, norm: Normalizer | None = None) -> tuple[Tensor, dict[str, float]]:
     """Mean KTO loss of completions (one row each: ``logps``, ``ref_logps``, ``labels`` [N]) over the
     step ``norm`` counts.

@@ -1,4 +1,6 @@
-"""Offline training data: files → rows → tokenized units → batches."""
+"""Data in every form a run reads: the batch format every layer exchanges (batch), offline training data
+(files → rows → tokenized units: files, formats, preference), online prompt sets (prompts) and the chat
+template both apply (chat), generated rows (synthetic pairs, tool-use SFT traces)."""
 
 from rlhf_ray.data.files import DataError, Table, read_table
 from rlhf_ray.data.formats import TextExample, detect_format, hh_messages, parse_label, split_hh, text_examples

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlhf_ray.batch import Batch, build_batch
-from rlhf_ray.chat import chat_texts
 from rlhf_ray.config import Config, OfflineConfig
+from rlhf_ray.data.batch import Batch, build_batch
+from rlhf_ray.data.chat import chat_texts
 from rlhf_ray.data.files import DataError, Table, read_table
 from rlhf_ray.data.formats import TextExample, detect_format, text_examples
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from rlhf_ray.imports import import_module_of
+from rlhf_ray.config.imports import import_module_of
 
 OBSERVATION_ROLE = "tool"  # the chat role an observation given as plain text is rendered with
 

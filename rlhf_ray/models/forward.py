@@ -1,4 +1,4 @@
-"""Forward passes over the ``[prompt | response]`` batch layout (see rlhf_ray.batch).
+"""Forward passes over the ``[prompt | response]`` batch layout (see rlhf_ray.data.batch).
 
 Token t of the response is predicted from position P-1+t, so the response's logits are the R
 positions just before the end of the sequence; with ``logits_to_keep`` the LM head only runs there,
@@ -14,7 +14,7 @@ from safetensors import safe_open
 from torch import nn
 
 from rlhf_ray.algos.masked import entropy_from_logits, logprobs_from_logits, masked_sum
-from rlhf_ray.batch import Batch
+from rlhf_ray.data.batch import Batch
 from rlhf_ray.models.loading import check_model_folder
 from rlhf_ray.models.packing import hf_model, pack as pack_rows, packed_response_logits, unpack
 

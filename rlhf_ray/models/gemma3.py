@@ -9,7 +9,7 @@ Three things the GGUF leaves for us to set:
 * **A chat template.** This is the base model, not the instruction-tuned one: it has no template and
   was never trained on Gemma's `<start_of_turn>` turns, so teaching it those would waste the first
   steps of any run. rlhf_ray renders every prompt through the tokenizer's chat template
-  (rlhf_ray.chat), so the export gets a plain-text one that reads like the transcripts a base model
+  (rlhf_ray.data.chat), so the export gets a plain-text one that reads like the transcripts a base model
   has seen: the system text as a paragraph, then `User: ...` / `Assistant: ...` lines, and the
   generation prompt `Assistant:` without a trailing space (the model writes the space itself, as
   `▁word` tokens; a bare `▁` token before the answer is a tokenization the model rarely saw).

@@ -9,8 +9,8 @@ import os
 
 import torch
 
-from rlhf_ray.checkpoint import MARKER as CHECKPOINT_MARKER
 from rlhf_ray.models.shipped import SHIPPED_MODELS, shipped_folder
+from rlhf_ray.runs.checkpoint import MARKER as CHECKPOINT_MARKER
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
@@ -69,7 +69,7 @@ def resolve_model_path(path: str) -> str:
 def run_export(path: str) -> str | None:
     """The HF export a run's folder holds, for a path that is not a model folder itself: a checkpoint's
     ``policy_hf``, or in a run directory its ``final`` folder, else its newest complete checkpoint's
-    ``policy_hf`` (rlhf_ray.checkpoint); None for anything else."""
+    ``policy_hf`` (rlhf_ray.runs.checkpoint); None for anything else."""
     path = os.path.expanduser(path)
     if not os.path.isdir(path) or os.path.isfile(os.path.join(path, "config.json")):
         return None

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 from rlhf_ray.config import LoraConfig
-from rlhf_ray.models.vllm_weights import FUSED_GROUPS
+from rlhf_ray.models.fused import FUSED_GROUPS
 
 PREFIX = "base_model.model."
 ADAPTER = "default"  # PEFT's name of the one adapter
@@ -80,7 +80,7 @@ def _lora_layers(model) -> dict[str, torch.nn.Module]:
 
 def touched_modules(model) -> set[str]:
     """HF names of the modules whose weights the adapter changes, with the other members of their fused
-    groups (vLLM rebuilds q/k/v and gate/up together: rlhf_ray.models.vllm_weights)."""
+    groups (vLLM rebuilds q/k/v and gate/up together: rlhf_ray.models.fused)."""
     adapted = {hf_name(name) for name in _lora_layers(model)}
     out = set(adapted)
     for name in adapted:

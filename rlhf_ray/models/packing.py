@@ -1,6 +1,6 @@
 """Sequence packing: several sequences share a row, so a forward pass computes real tokens only.
 
-The padded layout (rlhf_ray.batch) gives every row the micro-batch's longest prompt and longest
+The padded layout (rlhf_ray.data.batch) gives every row the micro-batch's longest prompt and longest
 response; on HH-style data a third of those columns are padding. Packing lays each sequence's real
 tokens end to end in rows as long as the micro-batch's longest sequence (first-fit decreasing), with
 position ids restarting at 0 for every sequence and no attention mask: transformers then builds a
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rlhf_ray.batch import Batch
+from rlhf_ray.data.batch import Batch
 
 
 @dataclass

@@ -11,7 +11,7 @@ import logging
 import torch
 from torch import nn
 
-from rlhf_ray.batch import build_batch
+from rlhf_ray.data.batch import build_batch
 from rlhf_ray.models.forward import response_logprobs
 
 

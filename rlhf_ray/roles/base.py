@@ -10,9 +10,10 @@ import numpy as np
 import ray
 import torch
 
-from rlhf_ray.batch import Batch, map_micro_batches
 from rlhf_ray.config import Config, RoleResources
+from rlhf_ray.data.batch import Batch, map_micro_batches
 from rlhf_ray.models.packing_check import use_packing
+from rlhf_ray.runs.logs import ACTOR_LOG_ENV, route_actor_output
 
 
 class Worker:
@@ -22,6 +23,7 @@ class Worker:
     pack = False  # sequence packing for this actor's model, decided by check_packing at model load
 
     def __init__(self, cfg: Config, rank: int = 0, world_size: int = 1):
+        route_actor_output(os.environ.get(ACTOR_LOG_ENV))  # first: loading chatter goes to the run's logs
         self.cfg = cfg
         self.rank = rank
         self.world_size = world_size

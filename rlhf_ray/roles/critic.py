@@ -7,7 +7,7 @@ import time
 import torch
 
 from rlhf_ray.algos.objectives import value_objective
-from rlhf_ray.batch import Batch
+from rlhf_ray.data.batch import Batch
 from rlhf_ray.models.forward import ValueModel, response_values
 from rlhf_ray.roles.ds_worker import DeepSpeedWorker
 

@@ -14,13 +14,13 @@ import ray
 import torch
 
 from rlhf_ray.algos import Normalizer
-from rlhf_ray.checkpoint import rng_state, safe_checkpoint_engine, set_rng_state
-from rlhf_ray.batch import Batch, batch_size, micro_batches, select
 from rlhf_ray.config import Config, TrainableRole
+from rlhf_ray.data.batch import Batch, batch_size, micro_batches, select
 from rlhf_ray.models.loading import load_tokenizer
+from rlhf_ray.runs.checkpoint import rng_state, safe_checkpoint_engine, set_rng_state
 from rlhf_ray.models.lora import (adapter_config_json, adapter_parameters, apply_lora, hf_name, merged_parameters,
                                   save_adapter)
-from rlhf_ray.rendezvous import bind, is_loopback, tcp_store
+from rlhf_ray.cluster.rendezvous import bind, is_loopback, tcp_store
 from rlhf_ray.roles.base import Worker
 from rlhf_ray.roles.grad_norm import step_grad_norm
 

@@ -10,11 +10,11 @@ import torch
 from rlhf_ray.algos import sft_loss
 from rlhf_ray.algos.objectives import policy_objective
 from rlhf_ray.algos.offline import kto_objective, kto_reference_point_distributed, preference_objective
-from rlhf_ray.batch import Batch, select
+from rlhf_ray.cluster.rendezvous import bind
+from rlhf_ray.data.batch import Batch, select
 from rlhf_ray.models.forward import response_logprobs, sequence_logprobs
 from rlhf_ray.models.loading import load_causal_lm
 from rlhf_ray.models.lora import adapter_config_json, adapter_digest, adapter_parameters, merged_parameters
-from rlhf_ray.rendezvous import bind
 from rlhf_ray.roles.ds_worker import DeepSpeedWorker
 from rlhf_ray.sync.adapter import send_adapter
 from rlhf_ray.sync.buckets import layer_buckets

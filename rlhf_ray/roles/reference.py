@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rlhf_ray.batch import Batch
+from rlhf_ray.data.batch import Batch
 from rlhf_ray.models.forward import response_logprobs, sequence_logprobs
 from rlhf_ray.models.loading import load_causal_lm
 from rlhf_ray.roles.base import Worker

@@ -1,5 +1,5 @@
 """The reward: a rule-based function named by import path, a reward model scored at the last token, or a
-remote reward service (rlhf_ray.rewards_http).
+remote reward service (rlhf_ray.rewards.client).
 
 A reward model reads the policy's token ids as they come in the batch when it shares the policy's
 tokenizer (rlhf_ray.models.tokenizer_match), which every reward model rlhf_ray trains from the
@@ -9,24 +9,26 @@ policy does. One with another tokenizer gets the texts instead, tokenized its ow
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
-from rlhf_ray.batch import Batch, build_batch
 from rlhf_ray.config import Config
+from rlhf_ray.data.batch import Batch, build_batch
 from rlhf_ray.data.preference import Encoder
+from rlhf_ray.data.prompts import chat_prompt_ids, run_system_prompt
 from rlhf_ray.models.forward import sequence_scores
 from rlhf_ray.models.loading import check_model_folder, load_tokenizer, resolve_model_path
 from rlhf_ray.models.tokenizer_match import tokenizer_differences
-from rlhf_ray.prompts import chat_prompt_ids, run_system_prompt
-from rlhf_ray.reward_functions import check_scores, import_reward_function
-from rlhf_ray.rewards_http import HttpRewardClient
+from rlhf_ray.rewards.client import HttpRewardClient
+from rlhf_ray.rewards.functions import check_scores, import_reward_function
 from rlhf_ray.roles.base import Worker
 
 
 class RewardTexts:
     """(prompt, response) texts → a batch in a reward model's own tokens, in the format rlhf_ray
     trains reward models on: the prompt row through the chat template as the policy's prompts are
-    (rlhf_ray.prompts: the run's system prompt and task.instruction), the response as the offline
+    (rlhf_ray.data.prompts: the run's system prompt and task.instruction), the response as the offline
     reward-model data encodes it (rlhf_ray.data.preference.Encoder: its text, then the EOS token if it
     ended by itself; a response cut at the length limit gets none, as a cut training response)."""
 
@@ -73,8 +75,9 @@ class Reward(Worker):
                              "model on the policy's tokenizer, or reward.kind=env")
         if differences:
             self.own_tokens = True
-            print(f"[reward-{self.rank}] the reward model's tokenizer ({model_path}) differs from the policy's ({policy}) "
-                  f"in: {'; '.join(differences)}. It scores the texts, tokenized its own way.", flush=True)
+            logging.getLogger(__name__).warning(
+                "reward-%d: the reward model's tokenizer (%s) differs from the policy's (%s) in: %s. It scores the "
+                "texts, tokenized its own way.", self.rank, model_path, policy, "; ".join(differences))
         return sum(p.numel() for p in self.model.parameters())
 
     @torch.no_grad()

@@ -8,7 +8,7 @@ import time
 import torch
 
 from rlhf_ray.algos import bradley_terry_loss
-from rlhf_ray.batch import Batch
+from rlhf_ray.data.batch import Batch
 from rlhf_ray.models.forward import sequence_scores
 from rlhf_ray.models.loading import check_model_folder, load_tokenizer
 from rlhf_ray.roles.ds_worker import DeepSpeedWorker

@@ -17,15 +17,15 @@ import ray
 import torch
 
 from rlhf_ray.algos.masked import logprobs_from_logits
-from rlhf_ray.batch import build_batch
+from rlhf_ray.data.batch import build_batch
 from rlhf_ray.envs.engines import VLLMTurns
 from rlhf_ray.envs.format import TurnFormat
 from rlhf_ray.envs.loop import Trajectory, TurnLoop
 from rlhf_ray.models.forward import response_logprobs
 from rlhf_ray.models.headers import weight_shapes
 from rlhf_ray.models.loading import check_model_folder, load_causal_lm, load_tokenizer
-from rlhf_ray.models.vllm_lora import ServedAdapter, engine_lora_args
-from rlhf_ray.models.vllm_weights import (WORKER_EXTENSION, join_weight_group, load_weights_into_vllm,
+from rlhf_ray.sync.vllm_lora import ServedAdapter, engine_lora_args
+from rlhf_ray.sync.vllm_weights import (WORKER_EXTENSION, join_weight_group, load_weights_into_vllm,
                                           receive_into_vllm, vllm_prompt_logprobs)
 from rlhf_ray.models.wire import unpack
 from rlhf_ray.roles.base import Worker

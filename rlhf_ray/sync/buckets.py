@@ -1,7 +1,7 @@
 """Weights cut into buckets between layers, and a bucket as one flat byte buffer and back.
 
 vLLM rebuilds a fused layer (q/k/v into qkv_proj, gate/up into gate_up_proj) from the tensors of one
-load call, so a layer split across buckets would be corrupted (rlhf_ray.models.vllm_weights): buckets
+load call, so a layer split across buckets would be corrupted (rlhf_ray.sync.vllm_weights): buckets
 end only where a layer ends. A bucket then moves in one transfer (one object-store object, or one
 broadcast of its flat buffer), never one call per parameter.
 """

@@ -8,7 +8,7 @@ a subgroup of *that* world instead), rendezvouses over env:// (listening on ever
 reaches only Ray actors, while vLLM's tensor-parallel workers are plain processes of the engine.
 
 The same code is gloo on CPU and NCCL on GPU (``torch.cuda.is_available()``). The store listens on
-the learner node's address only (rlhf_ray.rendezvous); gloo binds to each member's node address.
+the learner node's address only (rlhf_ray.cluster.rendezvous); gloo binds to each member's node address.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from rlhf_ray.rendezvous import is_loopback, tcp_store
+from rlhf_ray.cluster.rendezvous import is_loopback, tcp_store
 
 
 CHAIN_CHUNK_BYTES = 8 * 2**20  # gloo chain's unit: small enough to pipeline, large enough to stream

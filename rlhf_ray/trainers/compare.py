@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 
 from rlhf_ray.algos.judging import bootstrap_interval, bootstrap_mean_interval, length_controlled_win_rate, order_corrected
+from rlhf_ray.cluster.dispatch import generate_balanced
 from rlhf_ray.config import Config
-from rlhf_ray.dispatch import generate_balanced
+from rlhf_ray.data.prompts import encode_prompts, run_system_prompt
 from rlhf_ray.models.loading import load_tokenizer, resolve_model_path
-from rlhf_ray.prompts import encode_prompts, run_system_prompt
-from rlhf_ray.reward_functions import import_reward_function
+from rlhf_ray.rewards.functions import import_reward_function
 from rlhf_ray.roles import Rollout
 from rlhf_ray.trainers.judges import choice_ids, make_judge
 from rlhf_ray.trainers.sidecar import Sidecar

@@ -1,7 +1,7 @@
 """The controller base: what every algorithm's loop shares, written once.
 
-    inputs (rlhf_ray.trainers.inputs) → preflight (rlhf_ray.preflight) → run directory claimed
-    (rlhf_ray.rundir) → Ray, placement groups, actors, models → fit:
+    inputs (rlhf_ray.trainers.inputs) → preflight (rlhf_ray.planning.preflight) → run directory claimed
+    (rlhf_ray.runs.rundir) → Ray, placement groups, actors, models → fit:
         resume or evaluate step 0 → for each step: step() → NaN/Inf guard → evaluate on cadence
         → log → checkpoint on cadence;  a lost learner/critic rank → back to the last checkpoint;
         a lost rollout/reward/reference actor → started again, or (its node gone, none to take it) dropped
@@ -22,16 +22,16 @@ from typing import Callable
 import ray
 from tqdm import tqdm
 
-from rlhf_ray.checkpoint import CheckpointManager, read_controller_state, rng_state, set_rng_state
-from rlhf_ray.config_loading import save_config
-from rlhf_ray.groups import WorkerGroup, shutdown_groups, start_groups
-from rlhf_ray.report import write_report
+from rlhf_ray.cluster.groups import WorkerGroup, shutdown_groups, start_groups
+from rlhf_ray.config.loading import save_config
+from rlhf_ray.planning.preflight import preflight
 from rlhf_ray.roles import Critic, EnvHost, PolicyLearner, Reference, Reward, Rollout
 from rlhf_ray.roles.ds_worker import DeepSpeedWorker
-from rlhf_ray.preflight import preflight
 from rlhf_ray.roles.reward_trainer import RewardTrainer
-from rlhf_ray.rundir import claim_run_dir, release_run_dir
-from rlhf_ray.tracking import Tracker
+from rlhf_ray.runs.checkpoint import CheckpointManager, read_controller_state, rng_state, set_rng_state
+from rlhf_ray.runs.report import write_report
+from rlhf_ray.runs.rundir import claim_run_dir, release_run_dir
+from rlhf_ray.runs.tracking import Tracker
 from rlhf_ray.trainers.inputs import RunInputs
 from rlhf_ray.trainers.session import init_ray, run_id
 
@@ -212,7 +212,7 @@ class Controller:
     def save_checkpoint(self, step: int, history: dict[int, dict[str, float]]) -> str:
         """Every trainable group saves its ranks' states (and the trained role an HF export) into a
         temporary folder, the controller adds its own state, and the folder is renamed only when
-        whole (rlhf_ray.checkpoint). The held-out metrics so far go along for the summary."""
+        whole (rlhf_ray.runs.checkpoint). The held-out metrics so far go along for the summary."""
         manager = CheckpointManager(self.run_dir, self.cfg.trainer.keep_last, self.lineage)
         tmp = manager.begin(step)
         refs = [(self.groups[r], self.groups[r].call(DeepSpeedWorker.save_state, str(tmp / r))) for r in self.trainable]

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from rlhf_ray.config import Config
 from rlhf_ray.data import DataError, Encoded, load_offline_data
+from rlhf_ray.data.prompts import PromptSampler, PromptSet, load_task
 from rlhf_ray.models.loading import load_tokenizer, resolve_model_path
-from rlhf_ray.prompts import PromptSampler, PromptSet, load_task
-from rlhf_ray.reward_functions import import_reward_function
+from rlhf_ray.rewards.functions import import_reward_function
 
 
 def model_paths(cfg: Config) -> dict[str, str | None]:

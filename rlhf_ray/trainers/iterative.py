@@ -21,7 +21,7 @@ import torch
 from rlhf_ray.data import Unit, collate
 from rlhf_ray.data.synthetic import choose_pairs
 from rlhf_ray.roles import PolicyLearner
-from rlhf_ray.tracking import StageTimer
+from rlhf_ray.runs.tracking import StageTimer
 from rlhf_ray.trainers.controller import mean_dicts
 from rlhf_ray.trainers.estimate import group_metrics
 from rlhf_ray.trainers.offline import score_units

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from rlhf_ray.algos.judging import pairwise_from_scores
-from rlhf_ray.batch import split_list
-from rlhf_ray.chat import prompt_text
+from rlhf_ray.cluster.dispatch import map_balanced
 from rlhf_ray.config import Config
-from rlhf_ray.dispatch import map_balanced
+from rlhf_ray.data.batch import split_list
+from rlhf_ray.data.chat import prompt_text
 from rlhf_ray.models.loading import load_tokenizer
 from rlhf_ray.roles import Reward, Rollout
 from rlhf_ray.trainers.sidecar import Sidecar

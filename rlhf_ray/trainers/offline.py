@@ -18,13 +18,13 @@ from typing import Callable
 import torch
 
 from rlhf_ray.algos.offline import kto_objective, pairwise_accuracy, preference_objective
-from rlhf_ray.batch import Batch, build_batch
+from rlhf_ray.cluster.groups import WorkerGroup
 from rlhf_ray.data import Encoded, Unit, collate
-from rlhf_ray.groups import WorkerGroup
-from rlhf_ray.prompts import PromptSampler
+from rlhf_ray.data.batch import Batch, build_batch
+from rlhf_ray.data.prompts import PromptSampler
 from rlhf_ray.roles import PolicyLearner
 from rlhf_ray.roles.reward_trainer import RewardTrainer
-from rlhf_ray.tracking import StageTimer
+from rlhf_ray.runs.tracking import StageTimer
 from rlhf_ray.trainers.controller import Controller, mean_dicts
 from rlhf_ray.trainers.inputs import DataInputs
 

@@ -14,15 +14,15 @@ import time
 
 import torch
 
-from rlhf_ray.batch import Batch, build_batch, split_batch, split_list
+from rlhf_ray.cluster.dispatch import generate_balanced, trajectories_balanced
 from rlhf_ray.config import Config
-from rlhf_ray.dispatch import generate_balanced, trajectories_balanced
+from rlhf_ray.data.batch import Batch, build_batch, split_batch, split_list
 from rlhf_ray.envs.metrics import trajectory_metrics
 from rlhf_ray.roles import PolicyLearner, Rollout
-from rlhf_ray.sync.formation import form_weight_group
 from rlhf_ray.trainers.compare import Comparison, answers
 from rlhf_ray.trainers.controller import Controller
 from rlhf_ray.trainers.inputs import PromptInputs
+from rlhf_ray.trainers.weight_group import form_weight_group
 
 
 def inference_roles(cfg: Config) -> tuple[str, ...]:

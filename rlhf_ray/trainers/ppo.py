@@ -16,10 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from rlhf_ray.algos import AdaptiveKLController, FixedKLController
 from rlhf_ray.algos.masked import masked_mean, masked_var
-from rlhf_ray.batch import Batch, build_batch
+from rlhf_ray.data.batch import Batch, build_batch
 from rlhf_ray.envs.metrics import TRUNCATIONS, trajectory_metrics
 from rlhf_ray.roles import Critic, PolicyLearner
-from rlhf_ray.tracking import StageTimer
+from rlhf_ray.runs.tracking import StageTimer
 from rlhf_ray.trainers.controller import mean_dicts
 from rlhf_ray.trainers.estimate import group_metrics, penalize_and_estimate
 from rlhf_ray.trainers.inputs import PromptInputs

@@ -17,10 +17,10 @@ import time
 import torch
 
 from rlhf_ray.algos.masked import masked_mean
-from rlhf_ray.batch import build_batch
 from rlhf_ray.config import RaftConfig
+from rlhf_ray.data.batch import build_batch
 from rlhf_ray.roles import PolicyLearner
-from rlhf_ray.tracking import StageTimer
+from rlhf_ray.runs.tracking import StageTimer
 from rlhf_ray.trainers.controller import mean_dicts
 from rlhf_ray.trainers.estimate import group_metrics
 from rlhf_ray.trainers.online import OnlineController

@@ -9,6 +9,7 @@ import ray
 from ray._private import ray_constants
 
 from rlhf_ray.config import Config
+from rlhf_ray.runs.logs import route_driver_logs
 
 
 def init_ray(cfg: Config) -> None:
@@ -17,16 +18,22 @@ def init_ray(cfg: Config) -> None:
     fits them) unless ray.local_num_cpus says otherwise."""
     if ray.is_initialized():
         return
+    log_file = route_driver_logs(cfg.trainer.run_dir, cfg.logging.verbose)
     env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
     address = cfg.ray.cluster_address()
     if address:
-        ray.init(address=address, namespace=cfg.ray.namespace, runtime_env=env)
-        return
-    start_local_ray(num_cpus=cfg.ray.local_num_cpus or os.cpu_count() or 1, num_gpus=cfg.ray.local_num_gpus,
-                    dashboard=cfg.ray.local_dashboard, namespace=cfg.ray.namespace, runtime_env=env)
+        context = ray.init(address=address, namespace=cfg.ray.namespace, runtime_env=env)
+    else:
+        context = start_local_ray(num_cpus=cfg.ray.local_num_cpus or os.cpu_count() or 1,
+                                  num_gpus=cfg.ray.local_num_gpus, dashboard=cfg.ray.local_dashboard,
+                                  namespace=cfg.ray.namespace, runtime_env=env)
+    if log_file:  # Ray's own start-up lines went there: the one a user needs, here
+        where = f"cluster {address}" if address else "local Ray"
+        dashboard = f", dashboard http://{context.dashboard_url}" if context.dashboard_url else ""
+        print(f"[ray] {where}{dashboard}; library logs in {log_file.parent}", flush=True)
 
 
-def start_local_ray(num_cpus: int, num_gpus: int | None = None, dashboard: bool = False, **kwargs) -> None:
+def start_local_ray(num_cpus: int, num_gpus: int | None = None, dashboard: bool = False, **kwargs):
     """A single-node Ray whose every server (GCS, raylet, workers, dashboard) listens on 127.0.0.1.
 
     `_node_ip_address="127.0.0.1"` alone is not enough: Ray swaps a loopback address for the
@@ -35,7 +42,7 @@ def start_local_ray(num_cpus: int, num_gpus: int | None = None, dashboard: bool 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
     # address="local": always a new instance, never the cluster a `ray start` on this machine left behind
-    ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", num_cpus=num_cpus,
+    return ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", num_cpus=num_cpus,
              num_gpus=num_gpus, include_dashboard=dashboard, **kwargs)
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rlhf_ray.cluster.groups import WorkerGroup, shutdown_groups, start_groups
 from rlhf_ray.config import Config, EnvConfig, PlacementConfig, RewardConfig
-from rlhf_ray.groups import WorkerGroup, shutdown_groups, start_groups
 
 
 def sidecar_config(cfg: Config, role: str, max_prompt_tokens: int | None = None, max_new_tokens: int | None = None,

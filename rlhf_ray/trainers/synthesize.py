@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
+from rlhf_ray.cluster.dispatch import generate_balanced
 from rlhf_ray.config import Config
+from rlhf_ray.data.prompts import encode_prompts, run_system_prompt
 from rlhf_ray.data.synthetic import Candidate, choose_pairs, distill_rows, pair_rows
-from rlhf_ray.dispatch import generate_balanced
 from rlhf_ray.models.loading import load_tokenizer, resolve_model_path
-from rlhf_ray.prompts import encode_prompts, run_system_prompt
 from rlhf_ray.roles import Rollout
 from rlhf_ray.trainers.inputs import PromptInputs, repeat_prompts
 from rlhf_ray.trainers.judges import score_texts

@@ -30,13 +30,13 @@ from pathlib import Path
 
 import yaml
 
-from rlhf_ray.checkpoint import CheckpointError, read_controller_state
 from rlhf_ray.config import Config
-from rlhf_ray.config_loading import save_config
+from rlhf_ray.config.loading import save_config
+from rlhf_ray.runs.checkpoint import CheckpointError, read_controller_state
 
 RUN_FILE = "run.json"
 LOCK_FILE = "run.lock"
-OUTPUTS = (RUN_FILE, "config.yaml", "metrics.jsonl", "summary.json", "report.txt", "report.png", "checkpoints",
+OUTPUTS = (RUN_FILE, "config.yaml", "metrics.jsonl", "summary.json", "report.txt", "report.png", "checkpoints", "logs",
            "final", "wandb", "tensorboard")
 OUTPUT_PATTERNS = ("eval_step*.jsonl",)
 RUN_CONTROL = ("trainer.resume", "trainer.overwrite")  # how to start, not what the run is: left out of fingerprints

@@ -7,7 +7,7 @@ never sits in a config file, a run directory or a log line.
 
 Both ends assume the other may be broken or hostile. The client gives each request one deadline for
 the whole exchange (connect, send, wait, read), reads at most ``max_response_bytes`` of an answer, and
-checks every score. The reference server is rlhf_ray.reward_server.
+checks every score. The reference server is rlhf_ray.rewards.server.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import threading
 import time
 from urllib.parse import urlsplit
 
-from rlhf_ray.reward_functions import check_scores
+from rlhf_ray.rewards.functions import check_scores
 
 FIELDS = ("prompts", "responses", "answers")
 MAX_RESPONSE_BYTES = 16 * 2**20  # scores are ~20 bytes a sample: an answer this big is not one

@@ -1,7 +1,7 @@
 """`rlhf-ray plan`: which actor goes on which node and device, and whether its memory fits there.
 
-The placement is rlhf_ray.layout.assign (the packing ``check_feasible`` checks), the memory per actor
-rlhf_ray.memory, what each node offers rlhf_ray.hardware. Each GPU's sum (actors sharing it through
+The placement is rlhf_ray.cluster.layout.assign (the packing ``check_feasible`` checks), the memory per actor
+rlhf_ray.planning.memory, what each node offers rlhf_ray.cluster.hardware. Each GPU's sum (actors sharing it through
 fractional ``num_gpus_per_actor`` or ``placement.colocate``) is checked against its memory, and each
 node's RAM against its CPU actors plus the GPU actors' weights while they load. Nothing starts.
 """
@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from rlhf_ray.cluster.hardware import NodeSpec, local_gpus, local_node, nodes_from_file, running_cluster_nodes
+from rlhf_ray.cluster.layout import Placed, assign
 from rlhf_ray.config import Config
-from rlhf_ray.hardware import NodeSpec, local_gpus, local_node, nodes_from_file, running_cluster_nodes
-from rlhf_ray.layout import Placed, assign
-from rlhf_ray.memory import CPU_RUNTIME, GIB, Estimate, model_folder, model_shape, role_estimates, rollout_estimate
+from rlhf_ray.planning.memory import CPU_RUNTIME, GIB, Estimate, model_folder, model_shape, role_estimates, rollout_estimate
 
 COLUMNS = ("weights", "gradients", "optimizer", "activations", "logits", "kv/vLLM", "runtime")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rlhf_ray.groups import WorkerGroup
+from rlhf_ray.cluster.groups import WorkerGroup
 from rlhf_ray.roles import PolicyLearner, Rollout
 
 

@@ -12,7 +12,8 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from rlhf_ray.config import Config, ConfigError
+from rlhf_ray.config.base import ConfigError
+from rlhf_ray.config.schema import Config
 
 # Keys that moved: an old config gets the new name, not "unknown key".
 MOVED = {"trainer.weight_sync_bucket_mb": "sync.bucket_mb"}

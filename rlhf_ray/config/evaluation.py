@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from rlhf_ray.config_base import Strict
+from rlhf_ray.config.base import Strict
 
 # AlpacaEval-style pairwise prompt, answered by one letter; {question}, {answer_a}, {answer_b} are filled in.
 PAIRWISE_TEMPLATE = (

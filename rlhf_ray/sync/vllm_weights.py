@@ -28,22 +28,17 @@ from __future__ import annotations
 
 import io
 import logging
-import re
 from collections import defaultdict
 
 import torch
 
+from rlhf_ray.models.fused import FUSED_GROUPS
 from rlhf_ray.sync.buckets import receive_bucket
 from rlhf_ray.sync.group import WeightGroup
 from rlhf_ray.sync.manifest import BucketManifest
 
-WORKER_EXTENSION = "rlhf_ray.models.vllm_weights.WeightSyncExtension"
+WORKER_EXTENSION = "rlhf_ray.sync.vllm_weights.WeightSyncExtension"
 
-# HF names that vLLM fuses into one parameter; all members must arrive together.
-FUSED_GROUPS = (
-    (re.compile(r"^(.*\.self_attn\.)(q|k|v)_proj\.(weight|bias)$"), ("q", "k", "v")),
-    (re.compile(r"^(.*\.mlp\.)(gate|up)_proj\.(weight|bias)$"), ("gate", "up")),
-)
 _RELOAD_LOGGERS = ("vllm.model_executor.model_loader.reload.layerwise",
                    "vllm.model_executor.model_loader.reload.inplace")
 

@@ -2,7 +2,7 @@
 
 The job's entrypoint is the same `rlhf-ray train CONFIG overrides` a user runs locally: Ray Jobs starts
 it as a job driver, which joins the cluster it was submitted to (the rule of `ray.address`, see
-rlhf_ray/config.py). The config is validated here first, so a typo fails in the terminal, not minutes
+rlhf_ray/config/). The config is validated here first, so a typo fails in the terminal, not minutes
 later on the cluster.
 
 Token: a Ray 2.60 head with token authentication answers 401 to a client without its token and 403 to
@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from rlhf_ray.config_loading import load_config
+from rlhf_ray.config.loading import load_config
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 # Never shipped to the cluster: environments, outputs, caches (the working dir is zipped and uploaded).

@@ -20,15 +20,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlhf_ray.checkpoint import resolve_resume, verify
+from rlhf_ray.cluster.hardware import local_gpus
+from rlhf_ray.cluster.layout import check_feasible
 from rlhf_ray.config import Config
 from rlhf_ray.data.files import read_table
-from rlhf_ray.hardware import local_gpus
 from rlhf_ray.models.headers import check_weights_readable, model_fingerprint
-from rlhf_ray.layout import check_feasible
-from rlhf_ray.plan import check_fit
-from rlhf_ray.reward_functions import check_scores, import_reward_function
-from rlhf_ray.rundir import check_resume, check_run_dir
+from rlhf_ray.planning.plan import check_fit
+from rlhf_ray.rewards.functions import check_scores, import_reward_function
+from rlhf_ray.runs.checkpoint import resolve_resume, verify
+from rlhf_ray.runs.rundir import check_resume, check_run_dir
 from rlhf_ray.tasks.arithmetic import make_arithmetic_split
 
 
@@ -82,7 +82,7 @@ def preflight_submit(cfg: Config, echo=print, cluster: str | None = None, gpu_gi
     """The checks that hold on the submitting machine: data files (every row), the reward function
     (from the working directory that is uploaded), model folders that exist here, environment
     variables, and (``fit``) when a cluster file is named (``cluster`` or ray.cluster_config) the
-    memory plan against it (rlhf_ray.plan: DoesNotFit names what is over). The job's driver runs the
+    memory plan against it (rlhf_ray.planning.plan: DoesNotFit names what is over). The job's driver runs the
     whole preflight on the cluster before its actors start."""
     for path in (cfg.task.train_file, cfg.task.eval_file, cfg.offline.train_file, cfg.offline.eval_file):
         if path and "://" not in path and not path.startswith("datasets:"):

@@ -1,12 +1,12 @@
-"""Where actors go: a placement group per planned group of roles (rlhf_ray.layout), on a running Ray."""
+"""Where actors go: a placement group per planned group of roles (rlhf_ray.cluster.layout), on a running Ray."""
 
 from __future__ import annotations
 
 import ray
 from ray.util.placement_group import placement_group
 
+from rlhf_ray.cluster.layout import InfeasibleLayout, plan
 from rlhf_ray.config import Config
-from rlhf_ray.layout import InfeasibleLayout, plan
 
 
 def cluster_nodes() -> list[dict[str, float]]:

@@ -12,8 +12,8 @@ import os
 import re
 from dataclasses import dataclass
 
+from rlhf_ray.cluster.layout import cluster_file_groups
 from rlhf_ray.config import Config
-from rlhf_ray.layout import cluster_file_groups
 
 # GPU model → GiB per device (nvidia-smi totals: A100 80GB 81920 MiB, H100 SXM 81559 MiB, A10G 23028 MiB, ...)
 GPU_GIB = {"A100-40GB": 40.0, "A100-80GB": 80.0, "H100-80GB": 79.6, "H200-141GB": 140.4, "A10G": 22.5,
@@ -134,7 +134,7 @@ def local_node(num_cpus: float, num_gpus: float, gpu_gib: float | None = None) -
 
 
 def running_cluster_nodes(gpu_gib: float | None = None) -> list[NodeSpec]:
-    """The alive nodes of the connected Ray cluster: resources as rlhf_ray.placement.cluster_nodes, the
+    """The alive nodes of the connected Ray cluster: resources as rlhf_ray.cluster.placement.cluster_nodes, the
     memory Ray accounts for tasks (its ``memory`` resource) as RAM, the GPU from accelerator_type."""
     import ray  # heavy: only for a running cluster
 

@@ -1,6 +1,6 @@
 """Rule rewards named by import path, and the check every reward's answer goes through.
 
-Shared by the reward actor (rlhf_ray.roles.reward) and the reward service (rlhf_ray.rewards_http),
+Shared by the reward actor (rlhf_ray.roles.reward) and the reward service (rlhf_ray.rewards.client),
 which serves the same functions over HTTP and checks its answers the same way; neither imports the other.
 """
 
@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from rlhf_ray.imports import import_module_of
+from rlhf_ray.config.imports import import_module_of
 
 RewardFn = Callable[[list[str], list[str], list[str]], list[float]]
 

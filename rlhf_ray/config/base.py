@@ -1,4 +1,4 @@
-"""The base of every config section (rlhf_ray.config and its sibling modules): strict, so an unknown
+"""The base of every config section (rlhf_ray.config.*): strict, so an unknown
 key or a wrong type is an error naming it."""
 
 from __future__ import annotations
@@ -8,3 +8,7 @@ from pydantic import BaseModel, ConfigDict
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased for the user: names the key and what to do."""

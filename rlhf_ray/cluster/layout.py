@@ -3,7 +3,7 @@
 Roles listed together in ``placement.colocate`` share one placement group: rank i of each of them
 sits in bundle i, so e.g. the learner and the reference of rank i share a GPU. Every other role
 gets a placement group of its own. ``placement.strategy`` (PACK, SPREAD, ...) applies to each group.
-The nodes come from a running cluster (rlhf_ray.placement), a cluster file (``nodes_from_cluster_file``)
+The nodes come from a running cluster (rlhf_ray.cluster.placement), a cluster file (``nodes_from_cluster_file``)
 or this machine (the preflight, before a local Ray is started).
 """
 
@@ -182,7 +182,7 @@ def nodes_from_cluster_file(path: str) -> list[dict[str, float]]:
 
 def cluster_file_groups(path: str) -> list[tuple[str, int, dict[str, float], dict]]:
     """(node type or worker group name, most nodes of it, each one's resources, its YAML section) per
-    kind of node of a cluster file, head first for KubeRay; rlhf_ray.hardware reads the sections."""
+    kind of node of a cluster file, head first for KubeRay; rlhf_ray.cluster.hardware reads the sections."""
     doc = yaml.safe_load(Path(path).read_text())
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: not a YAML mapping")

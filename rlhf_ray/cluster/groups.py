@@ -24,10 +24,11 @@ import torch
 from ray.util.placement_group import remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from rlhf_ray.batch import Batch, split_batch
+from rlhf_ray.cluster.layout import check_feasible, describe_resources
+from rlhf_ray.cluster.placement import cluster_nodes, create_placement_groups
 from rlhf_ray.config import Config, RoleResources
-from rlhf_ray.layout import check_feasible, describe_resources
-from rlhf_ray.placement import cluster_nodes, create_placement_groups
+from rlhf_ray.data.batch import Batch, split_batch
+from rlhf_ray.runs.logs import ACTOR_LOG_ENV, actor_log_file
 
 
 class RemoteCallError(RuntimeError):
@@ -61,7 +62,7 @@ class WorkerGroup:
         return remote_cls.options(
             name=f"{run_id}/{self.role}-{rank}", namespace=cfg.ray.namespace,
             num_cpus=res.num_cpus_per_actor, num_gpus=res.num_gpus_per_actor, resources=res.resources_per_actor,
-            runtime_env={"env_vars": _actor_env(res, cfg.ray.cpu_malloc_keep_freed)},
+            runtime_env={"env_vars": _actor_env(res, cfg, run_id, self.role, rank)},
             scheduling_strategy=None if pg is None else PlacementGroupSchedulingStrategy(
                 placement_group=pg, placement_group_bundle_index=rank),
             **self.worker_cls.actor_options(cfg),
@@ -177,11 +178,13 @@ def start_groups(cfg: Config, classes: dict[str, type], run_id: str, sidecar: bo
 KEEP_FREED_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**45)}
 
 
-def _actor_env(res: RoleResources, keep_freed: bool) -> dict[str, str]:
+def _actor_env(res: RoleResources, cfg: Config, run_id: str, role: str, rank: int) -> dict[str, str]:
     env = {"TOKENIZERS_PARALLELISM": "false"}
+    if not cfg.logging.verbose:  # the actor's output to its own file (rlhf_ray.runs.logs)
+        env[ACTOR_LOG_ENV] = str(actor_log_file(cfg.trainer.run_dir, run_id, role, rank))
     if res.torch_threads:
         env["OMP_NUM_THREADS"] = str(res.torch_threads)
-    if keep_freed and not res.num_gpus_per_actor:
+    if cfg.ray.cpu_malloc_keep_freed and not res.num_gpus_per_actor:
         env.update(KEEP_FREED_MEMORY)
     return env
 

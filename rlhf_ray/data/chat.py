@@ -1,4 +1,4 @@
-"""The chat template, applied the same way to online prompts (rlhf_ray.prompts) and to offline ones
+"""The chat template, applied the same way to online prompts (rlhf_ray.data.prompts) and to offline ones
 (rlhf_ray.data.preference).
 
 Its own module so that neither of those imports the other: the prompt sets read their files through

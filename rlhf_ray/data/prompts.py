@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlhf_ray.chat import chat_texts
 from rlhf_ray.config import Config
+from rlhf_ray.data.chat import chat_texts
 from rlhf_ray.data.files import read_table
 from rlhf_ray.data.formats import hh_messages, split_hh
 from rlhf_ray.envs.factory import make_environment

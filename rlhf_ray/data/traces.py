@@ -13,10 +13,10 @@ import re
 from pathlib import Path
 
 from rlhf_ray.config import Config
+from rlhf_ray.data.prompts import run_system_prompt, task_rows
 from rlhf_ray.envs.base import OBSERVATION_ROLE
 from rlhf_ray.envs.calculator import calculator
 from rlhf_ray.envs.tools import format_tool_call
-from rlhf_ray.prompts import run_system_prompt, task_rows
 
 FINAL_ANSWER = "The answer is {answer}."
 _QUESTION = re.compile(r"^\s*What is (.+?)\?\s*$", re.DOTALL)

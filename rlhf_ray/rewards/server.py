@@ -1,5 +1,5 @@
 """The reference reward server: serves any rule reward 'module:function' over the protocol of
-rlhf_ray.rewards_http (`rlhf-ray serve-reward`).
+rlhf_ray.rewards.client (`rlhf-ray serve-reward`).
 
 It assumes every client may be broken or hostile: it reads a body only with a Content-Length no
 larger than ``max_body_bytes``, cuts off a connection that stalls (``socket_timeout_s``) or trickles
@@ -19,8 +19,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-from rlhf_ray.reward_functions import RewardFn, import_reward_function
-from rlhf_ray.rewards_http import FIELDS, checked_scores
+from rlhf_ray.rewards.client import FIELDS, checked_scores
+from rlhf_ray.rewards.functions import RewardFn, import_reward_function
 
 PATHS = ("/", "/score")  # where the server takes a POST
 MAX_BODY_BYTES = 64 * 2**20  # a body this big is a bug upstream, not a batch worth reading into memory
