@@ -2,6 +2,7 @@
 seeded simulations."""
 import math
 import statistics
+from collections import Counter, defaultdict
 
 import pytest
 import torch
@@ -171,6 +172,104 @@ def test_lc_all_wins_is_finite_and_near_one_and_constant_length_drops_phi():
     same = length_controlled_win_rate(prefs, torch.full((4,), 30.0))
     clamped_mean = (0.999 + 0.001 + 0.999 + 0.5) / 4
     assert same["phi"] == 0.0 and same["lc_win_rate"] == pytest.approx(clamped_mean, abs=1e-5)
+
+
+# ---------------------------------------------------------------- instruction difficulty
+
+
+def difficulty_data(instructions, repeats, seed, hard_share):
+    """Judgements of ``instructions`` instructions, ``repeats`` each, from AlpacaEval's GLM
+    P = σ(θ + φ·tanh(Δ/sd) + d_i) with θ = 0.3, φ = 1 and difficulty d_i ~ N(0, 1.5²) that correlates
+    with the length difference (corr ≈ 0.6: the policy writes more where it does well). A share of the
+    verdicts is drawn hard (0/1), the rest are the probabilities themselves."""
+    g = gen(seed)
+    d = torch.randn(instructions, generator=g, dtype=torch.float64) * 1.5
+    ids = torch.arange(instructions).repeat_interleave(repeats)
+    noise = torch.randn(len(ids), generator=g, dtype=torch.float64)
+    delta = 150 * (0.6 * d[ids] / 1.5 + 0.8 * noise) + 40
+    p = torch.sigmoid(0.3 + torch.tanh(delta / delta.std()) + d[ids])
+    hard = (torch.rand(len(ids), generator=g, dtype=torch.float64) < p).double()
+    pick = torch.rand(len(ids), generator=g) < hard_share
+    return torch.where(pick, hard, p), delta, ids, torch.sigmoid(0.3 + d[ids]).mean().item()
+
+
+def alpaca_eval_reference(prefs, delta, ids):
+    """AlpacaEval's length-controlled win rate written out: P_j = σ(θ + φ·x_j + γ·d_i(j)), x = tanh(Δ/sd),
+    LC = mean over items of σ(θ + γ·d_i), with θ + γ·d_i one free value per instruction judged more than
+    once (those judged once share one). Fitted by profile likelihood, not Newton: for a given φ each
+    instruction's value solves its own score equation Σ_j (σ(a + φ·x_j) - y_j) = 0 by bisection, and φ
+    maximises the profile log-likelihood by golden-section search (the profile of a concave function is
+    concave). Labels clamped to [1e-3, 1 - 1e-3] as documented; no ridge."""
+    y = [min(max(v, 1e-3), 1 - 1e-3) for v in prefs.tolist()]
+    sd = statistics.stdev(delta.tolist())
+    x = [math.tanh(v / sd) for v in delta.tolist()]
+    counts = Counter(ids.tolist())
+    members = defaultdict(list)
+    for j, k in enumerate(ids.tolist()):
+        members[k if counts[k] > 1 else "judged once"].append(j)
+
+    def sigmoid(z):
+        return 1 / (1 + math.exp(-z))
+
+    def intercept(items, phi):
+        lo, hi, target = -30.0, 30.0, sum(y[j] for j in items)
+        for _ in range(64):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if sum(sigmoid(mid + phi * x[j]) for j in items) < target else (lo, mid)
+        return (lo + hi) / 2
+
+    def profile(phi):
+        a = {k: intercept(items, phi) for k, items in members.items()}
+        ll = 0.0
+        for k, items in members.items():
+            for j in items:
+                z = a[k] + phi * x[j]
+                ll += y[j] * math.log(sigmoid(z)) + (1 - y[j]) * math.log(sigmoid(-z))
+        return ll, a
+
+    lo, hi, r = -10.0, 10.0, (math.sqrt(5) - 1) / 2
+    for _ in range(60):
+        m1, m2 = hi - r * (hi - lo), lo + r * (hi - lo)
+        lo, hi = (lo, m2) if profile(m1)[0] > profile(m2)[0] else (m1, hi)
+    phi = (lo + hi) / 2
+    a = profile(phi)[1]
+    lc = sum(sigmoid(a[k]) * len(items) for k, items in members.items()) / len(y)
+    return lc, phi
+
+
+def test_lc_with_repeated_instructions_matches_a_reference_fit_of_alpaca_evals_glm():
+    prefs, delta, ids, _ = difficulty_data(40, 4, seed=10, hard_share=0.5)
+    # and 20 instructions judged once, which share one value
+    once, once_delta, _, _ = difficulty_data(20, 1, seed=11, hard_share=0.5)
+    prefs, delta = torch.cat([prefs, once]), torch.cat([delta, once_delta])
+    ids = torch.cat([ids, torch.arange(100, 120)])
+    out = length_controlled_win_rate(prefs, delta, ids)
+    lc, phi = alpaca_eval_reference(prefs, delta, ids)
+    assert out["difficulty_terms"] == 40.0
+    # (the reference has no ridge; ours moves φ by ~1e-4 here)
+    assert out["phi"] == pytest.approx(phi, abs=2e-4) and out["lc_win_rate"] == pytest.approx(lc, abs=1e-6)
+    # the difficulty term matters on these data: the fit without it reports another figure
+    assert abs(length_controlled_win_rate(prefs, delta)["lc_win_rate"] - lc) > 0.01
+
+
+def test_lc_difficulty_term_recovers_the_truth_where_the_pooled_fit_is_biased():
+    # Verdicts that are the GLM's own probabilities: the per-instruction fit recovers θ, φ and every
+    # d_i, so its LC is AlpacaEval's mean σ(θ + d_i); without the term, the difficulty that goes with
+    # longer answers is taken for a length effect (φ inflated) and LC comes out low.
+    prefs, delta, ids, truth = difficulty_data(200, 4, seed=12, hard_share=0.0)
+    with_term = length_controlled_win_rate(prefs, delta, ids)
+    pooled = length_controlled_win_rate(prefs, delta)
+    assert with_term["lc_win_rate"] == pytest.approx(truth, abs=1e-4) and with_term["phi"] == pytest.approx(1, abs=1e-3)
+    assert pooled["lc_win_rate"] < truth - 0.02 and pooled["phi"] > 1.3
+
+
+def test_lc_without_repeated_instructions_is_the_pooled_fit():
+    prefs, delta, _, _ = difficulty_data(60, 1, seed=13, hard_share=0.5)
+    keys = [f"prompt {i}" for i in range(60)]  # any hashable key, e.g. the prompt text
+    assert length_controlled_win_rate(prefs, delta, keys) == length_controlled_win_rate(prefs, delta)
+    assert length_controlled_win_rate(prefs, delta)["difficulty_terms"] == 0.0
+    with pytest.raises(ValueError, match="instructions has 59 entries"):
+        length_controlled_win_rate(prefs, delta, keys[1:])
 
 
 def test_lc_rejects_bad_inputs():

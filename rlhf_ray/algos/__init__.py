@@ -15,6 +15,7 @@ from .masked import (
     masked_sum,
     masked_var,
     masked_whiten,
+    select_valid,
 )
 from .kl import (
     AdaptiveKLController,
@@ -46,7 +47,7 @@ from .losses import (
 __all__ = [
     "Registry", "KL_ESTIMATORS", "ADVANTAGE_ESTIMATORS", "POLICY_LOSSES", "VALUE_LOSSES",
     "PREFERENCE_LOSSES",
-    "masked_sum", "masked_mean", "masked_var", "masked_whiten", "mask_from_lengths",
+    "masked_sum", "masked_mean", "masked_var", "masked_whiten", "mask_from_lengths", "select_valid",
     "logprobs_from_logits", "entropy_from_logits",
     "kl_k1", "kl_k2", "kl_k3", "kl_penalized_rewards", "FixedKLController", "AdaptiveKLController",
     "gae", "grpo", "dr_grpo", "rloo", "reinforce_pp",

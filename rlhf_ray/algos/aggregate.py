@@ -16,7 +16,10 @@ Aggregations (``agg``) of a per-token loss l over response tokens (mask m), N to
                                                           length bias either way (Dr. GRPO, Liu et al. 2025)
 
 All counts are of mask entries, never lengths: in a multi-turn response the observation tokens between
-the policy's turns are masked and count nowhere, so |y_i| is row i's number of policy tokens.
+the policy's turns are masked and count nowhere, so |y_i| is row i's number of policy tokens. S counts
+the rows with at least one: a row without any is left out, where Dr. GRPO's 1/G counts all G (k empty
+rows among B scale the step by B/(B - k); docs/methods/online_rl.md). The trainer's L is the longest
+response a rollout returns: rollout.max_new_tokens, or max(that, env.max_total_tokens) with an environment.
 """
 from __future__ import annotations
 

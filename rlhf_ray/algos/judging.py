@@ -14,7 +14,7 @@ from torch import Tensor
 # Soft labels are clamped to [PREFERENCE_CLAMP, 1 - PREFERENCE_CLAMP] before the length-controlled
 # fit, so all-wins / all-losses / perfectly length-separated data still have a finite optimum.
 PREFERENCE_CLAMP = 1e-3
-RIDGE = 1e-6  # keeps the Newton system well conditioned; moves the optimum by ~1e-6
+RIDGE = 1e-6  # per item: keeps the Newton system well conditioned; moves the optimum by ~1e-6
 BOOTSTRAP_CHUNK = 1 << 22  # indices drawn per chunk of resamples (bounds memory for big sets)
 
 
@@ -61,26 +61,79 @@ def order_corrected(policy_first: Tensor, policy_second: Tensor) -> dict[str, fl
     }
 
 
-def _soft_cross_entropy(w: Tensor, X: Tensor, y: Tensor) -> Tensor:
+def _soft_cross_entropy(w: Tensor, X: Tensor, y: Tensor, ridge: Tensor) -> Tensor:
     z = X @ w
-    return (torch.nn.functional.softplus(z) - y * z).mean() + RIDGE / 2 * (w @ w)
+    return (torch.nn.functional.softplus(z) - y * z).mean() + (ridge * w) @ w / 2
 
 
-def length_controlled_win_rate(preferences: Tensor, length_diff: Tensor, max_iter: int = 100) -> dict[str, float]:
+def _difficulty_groups(instructions, n: int) -> tuple[Tensor, int]:
+    """Item -> column of its intercept: one per instruction judged more than once, and one shared by the
+    instructions judged once (whose difficulty cannot be told from their single verdict); and how many
+    instructions have their own."""
+    keys = instructions.tolist() if isinstance(instructions, Tensor) else list(instructions)
+    if len(keys) != n:
+        raise ValueError(f"instructions has {len(keys)} entries, expected {n}")
+    ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    inverse = torch.tensor([ids[k] for k in keys], dtype=torch.long)
+    counts = torch.bincount(inverse)
+    repeated = counts[inverse] > 1
+    return torch.unique(torch.where(repeated, inverse + 1, 0), return_inverse=True)[1], int((counts > 1).sum())
+
+
+def _fit(X: Tensor, y: Tensor, ridge: Tensor, max_iter: int) -> Tensor:
+    """argmin_w of _soft_cross_entropy by damped Newton (IRLS), float64. The dense system has a row per
+    intercept: fine for the thousands of instructions of an evaluation set."""
+    w = torch.zeros(X.shape[1], dtype=torch.float64)
+    loss = _soft_cross_entropy(w, X, y, ridge)
+    for _ in range(max_iter):
+        s = torch.sigmoid(X @ w)
+        grad = X.T @ (s - y) / len(y) + ridge * w
+        hess = (X.T * (s * (1 - s))) @ X / len(y) + torch.diag(ridge)
+        step = torch.linalg.solve(hess, grad)
+        t = 1.0
+        while True:  # halve the Newton step until the objective does not increase
+            candidate = w - t * step
+            new_loss = _soft_cross_entropy(candidate, X, y, ridge)
+            if new_loss <= loss or t < 1e-10:
+                break
+            t /= 2
+        w, loss = candidate, new_loss
+        if (t * step).abs().max().item() < 1e-12:
+            break
+    return w
+
+
+def length_controlled_win_rate(preferences: Tensor, length_diff: Tensor, instructions=None,
+                               max_iter: int = 100) -> dict[str, float]:
     """Length-controlled win rate of AlpacaEval 2 (Dubois et al. 2024, "Length-Controlled
     AlpacaEval: A Simple Way to Debias Automatic Evaluators").
 
-    P(policy preferred | i) = σ(θ + φ · tanh(Δ_i / sd(Δ))),  Δ_i = len(policy_i) - len(baseline_i)
-    in tokens, sd the sample standard deviation over items (sd = 0 or one item: φ = 0). (θ, φ)
-    minimise the mean soft-label cross-entropy  -mean_i[y_i log σ(z_i) + (1 - y_i) log(1 - σ(z_i))]
-    + 1e-6/2 (θ² + φ²), with y_i = clamp(p_i, 1e-3, 1 - 1e-3): the clamp (not a ridge) is what keeps
-    θ finite for all-wins, all-losses or length-separated data. Fitted by damped Newton (IRLS) in
-    float64. lc_win_rate = σ(θ), the prediction at zero length difference. (If the verdicts follow
-    sign(Δ) exactly, the unclamped MLE does not exist and θ is set by the few items of nearly equal
-    length: the LC rate is then noisy, whatever the regulariser.)
+    P(policy preferred | item j) = σ(a_g(j) + φ · tanh(Δ_j / sd(Δ))),  lc_win_rate = mean_j σ(a_g(j))
 
-    AlpacaEval's model also has an instruction-difficulty term fitted across many models; with one
-    policy against one baseline it is not identifiable (it is absorbed into θ), so it is left out.
+    Δ_j = len(policy_j) - len(baseline_j) in characters, as rlhf_ray.trainers.compare measures it (and
+    AlpacaEval: str.len()), sd the sample standard deviation over items (sd = 0 or one item: φ = 0).
+    a_g is an intercept per group g of items, and lc_win_rate the mean over items of the prediction at
+    zero length difference: AlpacaEval's mean_i σ(θ + γ·d_i), with γ·d_i its instruction-difficulty term.
+
+    ``instructions`` (one key per item, e.g. a prompt id) names the instruction each judgement is of.
+    An instruction judged more than once (several baselines, several samples of the policy) gets its
+    own intercept a_i = θ + γ·d_i, fitted from its verdicts as one value (AlpacaEval takes d_i from its
+    leaderboard's models and fits γ); the instructions judged once share one intercept. With no
+    instruction repeated (or ``instructions=None``) that is one a = θ and lc_win_rate = σ(θ): the
+    difficulty term is not identifiable then and is left out, which biases the figure when difficulty
+    varies, most when it goes with the length difference (docs/methods/evaluation.md). theta
+    is reported as mean_j a_g(j) (θ with the item-weighted difficulty centred at 0).
+
+    The fit minimises the mean soft-label cross-entropy
+    -mean_j[y_j log σ(z_j) + (1 - y_j) log(1 - σ(z_j))] + mean_j 1e-6/2 (a_g(j)² + φ²),
+    y_j = clamp(p_j, 1e-3, 1 - 1e-3): the clamp (not the ridge) is what keeps every intercept finite for
+    all-wins, all-losses or length-separated data. Damped Newton (IRLS) in float64.
+    (If the verdicts follow sign(Δ) exactly, the unclamped MLE does not exist and the intercepts are set
+    by the few items of nearly equal length: the LC rate is then noisy, whatever the regulariser.) With
+    few hard 0/1 verdicts per instruction, per-instruction intercepts overstate |φ| (the incidental-
+    parameter bias of fixed-effect logits: about 2× with two verdicts each); see docs/methods/evaluation.md.
+    A bootstrap over such data should resample instructions, not items (a drawn duplicate is no repeat).
+    ``difficulty_terms``: how many instructions got their own intercept (0: the fit without the term).
     """
     _check_probabilities("preferences", preferences)
     _check_same_shape("length_diff", length_diff, preferences)
@@ -88,32 +141,21 @@ def length_controlled_win_rate(preferences: Tensor, length_diff: Tensor, max_ite
         raise ValueError("length_diff must be finite")
     p = preferences.double()
     delta = length_diff.double()
-    sd = delta.std().item() if delta.numel() > 1 else 0.0
-    columns = [torch.ones_like(delta)] + ([torch.tanh(delta / sd)] if sd > 0 else [])
-    X = torch.stack(columns, dim=1)
-    y = p.clamp(PREFERENCE_CLAMP, 1.0 - PREFERENCE_CLAMP)
-    w = torch.zeros(X.shape[1], dtype=torch.float64)
-    loss = _soft_cross_entropy(w, X, y)
-    eye = torch.eye(X.shape[1], dtype=torch.float64)
-    for _ in range(max_iter):
-        s = torch.sigmoid(X @ w)
-        grad = X.T @ (s - y) / len(y) + RIDGE * w
-        hess = (X.T * (s * (1 - s))) @ X / len(y) + RIDGE * eye
-        step = torch.linalg.solve(hess, grad)
-        t = 1.0
-        while True:  # halve the Newton step until the objective does not increase
-            candidate = w - t * step
-            new_loss = _soft_cross_entropy(candidate, X, y)
-            if new_loss <= loss or t < 1e-10:
-                break
-            t /= 2
-        w, loss = candidate, new_loss
-        if (t * step).abs().max().item() < 1e-12:
-            break
-    theta = w[0].item()
-    phi = w[1].item() if X.shape[1] > 1 else 0.0
-    return {"lc_win_rate": torch.sigmoid(w[0]).item(), "win_rate": p.mean().item(),
-            "theta": theta, "phi": phi, "length_effect": phi}
+    n = p.numel()
+    groups, repeated = (torch.zeros(n, dtype=torch.long), 0) if instructions is None else \
+        _difficulty_groups(instructions, n)
+    sd = delta.std().item() if n > 1 else 0.0
+    columns = [torch.nn.functional.one_hot(groups).double()] + ([torch.tanh(delta / sd)[:, None]] if sd > 0 else [])
+    X = torch.cat(columns, dim=1)
+    n_groups = int(groups.max()) + 1
+    # The ridge is per item, so an intercept of few items is not pulled to 0 harder than one of many.
+    ridge = RIDGE * torch.cat([torch.bincount(groups) / n, torch.ones(X.shape[1] - n_groups)]).double()
+    w = _fit(X, p.clamp(PREFERENCE_CLAMP, 1.0 - PREFERENCE_CLAMP), ridge, max_iter)
+    intercepts = w[:n_groups][groups]
+    phi = w[n_groups].item() if X.shape[1] > n_groups else 0.0
+    return {"lc_win_rate": torch.sigmoid(intercepts).mean().item(), "win_rate": p.mean().item(),
+            "theta": intercepts.mean().item(), "phi": phi, "length_effect": phi,
+            "difficulty_terms": float(repeated)}
 
 
 def _resamples(n_items: int, samples: int, seed: int) -> Iterator[Tensor]:

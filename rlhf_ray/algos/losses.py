@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .aggregate import Normalizer, aggregate_loss, mean_over_units
 from .kl import LOG_RATIO_CLAMP
-from .masked import masked_mean
+from .masked import masked_mean, select_valid
 from .registry import POLICY_LOSSES, PREFERENCE_LOSSES, VALUE_LOSSES
 
 Metrics = Dict[str, float]
@@ -37,8 +37,11 @@ def ppo_policy_loss(
     l_t = -w_t min(rho A, clip(rho, 1 - eps, 1 + eps_high) A),  eps_high defaults to eps
     (a larger eps_high is DAPO's "clip-higher"); w_t = 1, or the (detached) truncated importance
     weight π_old/π_behaviour when the samples came from another policy (see truncated_is_weights).
-    Every policy loss aggregates with ``agg`` over the step that ``norm`` counts (rlhf_ray.algos.aggregate).
+    Every policy loss aggregates with ``agg`` over the step that ``norm`` counts (rlhf_ray.algos.aggregate),
+    and first zeroes its inputs at masked positions (select_valid), so that NaN or ±inf there (log-probs
+    past EOS, advantages of padding) leave the loss and every gradient finite, and 0 at padding.
     """
+    logp, old_logp, advantages, is_weights = select_valid(mask, logp, old_logp, advantages, is_weights)
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
     log_ratio = logp - old_logp
     # Same overflow guard as the KL estimators; beyond it the token is clipped anyway.
@@ -94,6 +97,7 @@ def gspo_policy_loss(
     aggregation equals GSPO's. The paper's clip range is tiny (3e-4 / 4e-4): a sequence ratio is a
     geometric mean. A clipped sequence contributes no gradient at all.
     """
+    logp, old_logp, advantages, is_weights = select_valid(mask, logp, old_logp, advantages, is_weights)
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
     log_ratio = logp - old_logp
     seq_log_ratio = masked_mean(log_ratio, mask, dim=-1).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
@@ -125,6 +129,7 @@ def cispo_policy_loss(
     Unlike PPO's clip, which drops a token's gradient once its ratio leaves the range, CISPO keeps
     every token's gradient and only bounds its weight (the paper aggregates by token-mean over the batch).
     """
+    logp, old_logp, advantages, is_weights = select_valid(mask, logp, old_logp, advantages, is_weights)
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
     log_ratio = logp - old_logp
     ratio = torch.exp(log_ratio.detach().clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
@@ -145,6 +150,7 @@ def clipped_value_loss(
     norm: Optional[Normalizer] = None,
 ) -> Tuple[Tensor, Metrics]:
     """l_t = 0.5 * max((v - R)^2, (v_old + clip(v - v_old, -eps, eps) - R)^2)."""
+    values, old_values, returns = select_valid(mask, values, old_values, returns)  # see select_valid
     v_clipped = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
     l_raw = (values - returns) ** 2
     l_clip = (v_clipped - returns) ** 2

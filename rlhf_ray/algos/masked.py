@@ -5,7 +5,8 @@ padding, and in multi-turn responses the observation tokens between the policy's
 turns, so a mask need not be a prefix. Every reduction here counts mask entries,
 never lengths. Padded entries of ``x`` may hold garbage (inf / NaN log-probs past EOS), so
 every reduction *selects* with the mask instead of only multiplying by it:
-``nan * 0`` is still NaN.
+``nan * 0`` is still NaN. That keeps values finite; for gradients the objectives also select their
+inputs before computing with them (``select_valid``).
 """
 from __future__ import annotations
 
@@ -13,6 +14,20 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+
+
+def select_valid(mask: Tensor, *xs: Optional[Tensor]) -> tuple[Optional[Tensor], ...]:
+    """Each x with 0 where the mask is 0 (None passes through), for an objective to call on its inputs
+    before anything else.
+
+    Selecting protects a reduction's value, not the gradient of what came before it: torch.where
+    sends exactly 0 to the entries it drops, but an operation applied earlier backpropagates that 0
+    times its own derivative there, and 0 · inf (exp of an inf log-ratio, a product with a NaN
+    advantage, a square) is NaN. Selected first, padding holds zeros, whose derivatives are finite,
+    and the gradient there is exactly 0 (the "double where" of masked autograd).
+    """
+    keep = mask != 0
+    return tuple(None if x is None else torch.where(keep, x, x.new_zeros(())) for x in xs)
 
 
 def _select(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

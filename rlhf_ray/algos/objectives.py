@@ -13,6 +13,7 @@ from typing import Protocol
 from torch import Tensor
 
 from .aggregate import Normalizer, aggregate_loss
+from .masked import select_valid
 from .offpolicy import is_weight_metrics, truncated_is_weights
 from .registry import KL_ESTIMATORS, POLICY_LOSSES, VALUE_LOSSES
 
@@ -53,7 +54,8 @@ def policy_objective(ppo: PPOSettings, loss_name: str, agg: str, logp: Tensor, e
     if ppo.entropy_coef > 0:  # a bonus: higher entropy lowers the loss
         loss = loss - ppo.entropy_coef * aggregate_loss(entropy, mask, agg, norm)
     if ppo.kl.placement == "loss" and kl_coef > 0:
-        kl_tok = KL_ESTIMATORS.get(ppo.kl.estimator)(logp, mb["ref_logprobs"])
+        # Selected first: k2's square and k3's exp of an inf or NaN at padding would make its gradient NaN.
+        kl_tok = KL_ESTIMATORS.get(ppo.kl.estimator)(*select_valid(mask, logp, mb["ref_logprobs"]))
         loss = loss + kl_coef * aggregate_loss(kl_tok, mask, agg, norm)
         metrics["kl_loss"] = aggregate_loss(kl_tok.detach(), mask, agg).item()
     # Logged per micro-batch as its own mean, so the figure does not depend on how the step is cut.
