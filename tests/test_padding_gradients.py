@@ -13,7 +13,7 @@ import torch
 
 from rlhf_ray.algos import AGGREGATIONS, POLICY_LOSSES, VALUE_LOSSES, Normalizer, mask_from_lengths
 from rlhf_ray.algos.objectives import policy_objective, value_objective
-from rlhf_ray.config_loading import load_config
+from rlhf_ray.config.loading import load_config
 
 T = 7
 HORIZON = 3 * T  # Dr. GRPO's constant L, longer than the batch as the generation budget is
