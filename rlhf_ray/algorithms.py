@@ -80,7 +80,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {a.name: a for a in (
             defaults={"ppo.loss_agg": "seq-mean-token-mean"}),
     _online("dr_grpo", "dr_grpo", summary="Dr. GRPO: group-centred advantages, no std or length normalisation",
             defaults={"ppo.loss_agg": "seq-mean-token-sum-norm"}),
-    # Zheng et al. 2025: a sequence ratio is a geometric mean of token ratios, so its range is ~1000x narrower
+    # Zheng et al. 2025: a sequence ratio is a geometric mean of token ratios, so its range is hundreds of times narrower
     _online("gspo", "grpo", objective="gspo",
             summary="GSPO: sequence-level, length-normalised importance ratio clipped per sequence",
             defaults={"ppo.loss_agg": "seq-mean-token-mean", "ppo.clip_eps": 3e-4, "ppo.clip_eps_high": 4e-4},
