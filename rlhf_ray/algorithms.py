@@ -36,10 +36,14 @@ class AlgorithmSpec:
     update: Update                   # the trained role's call (see Update above)
     objective: str                   # registered loss: POLICY_LOSSES (online), PREFERENCE_LOSSES, or the update's own
     estimator: str | None = None     # ADVANTAGE_ESTIMATORS name (online only)
-    loss_agg: LossAgg = "token-mean"  # how token losses are averaged, unless ppo.loss_agg overrides it
     group: bool = False              # compares the n samples of one prompt (needs ppo.samples_per_prompt ≥ 2)
     example: str = ""                # configs/ file that runs it
     summary: str = ""
+    # The settings its paper fixes, as (dotted config key, value): the config uses them wherever the run's
+    # file and overrides leave the key unset (rlhf_ray.config.schema); keys no row names keep the schema's default.
+    defaults: tuple[tuple[str, object], ...] = ()
+    # Keys of `defaults` whose other values change what the algorithm is, with why: the config refuses them.
+    locked: tuple[tuple[str, str], ...] = ()
 
     @property
     def needs_reference(self) -> bool:
@@ -59,10 +63,10 @@ class AlgorithmSpec:
         return "rollout" in self.roles
 
 
-def _online(name, estimator, objective="ppo", loss_agg="token-mean", group=True, critic=False, summary=""):
+def _online(name, estimator, objective="ppo", group=True, critic=False, summary="", defaults=None, locked=None):
     roles = ONLINE_ROLES + (("critic",) if critic else ())
-    return AlgorithmSpec(name, "online", roles, "policy", objective, estimator, loss_agg, group,
-                         f"configs/{name}_arithmetic.yaml", summary)
+    return AlgorithmSpec(name, "online", roles, "policy", objective, estimator, group, f"configs/{name}_arithmetic.yaml",
+                         summary, tuple((defaults or {}).items()), tuple((locked or {}).items()))
 
 
 def _offline(name, update, objective, reference=True, summary=""):
@@ -72,12 +76,19 @@ def _offline(name, update, objective, reference=True, summary=""):
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {a.name: a for a in (
     _online("ppo", "gae", group=False, critic=True, summary="PPO with a learned critic and GAE"),
-    _online("grpo", "grpo", loss_agg="seq-mean-token-mean", summary="GRPO: group z-scored outcome advantages"),
-    _online("dr_grpo", "dr_grpo", loss_agg="seq-mean-token-sum-norm",
-            summary="Dr. GRPO: group-centred advantages, no std or length normalisation"),
-    _online("gspo", "grpo", objective="gspo", loss_agg="seq-mean-token-mean",
-            summary="GSPO: sequence-level, length-normalised importance ratio clipped per sequence"),
-    _online("cispo", "grpo", objective="cispo", summary="CISPO: clipped stop-gradient IS weight on REINFORCE tokens"),
+    _online("grpo", "grpo", summary="GRPO: group z-scored outcome advantages",
+            defaults={"ppo.loss_agg": "seq-mean-token-mean"}),
+    _online("dr_grpo", "dr_grpo", summary="Dr. GRPO: group-centred advantages, no std or length normalisation",
+            defaults={"ppo.loss_agg": "seq-mean-token-sum-norm"}),
+    # Zheng et al. 2025: a sequence ratio is a geometric mean of token ratios, so its range is hundreds of times narrower
+    _online("gspo", "grpo", objective="gspo",
+            summary="GSPO: sequence-level, length-normalised importance ratio clipped per sequence",
+            defaults={"ppo.loss_agg": "seq-mean-token-mean", "ppo.clip_eps": 3e-4, "ppo.clip_eps_high": 4e-4},
+            locked={"ppo.loss_agg": "GSPO's objective is a mean over sequences of one ratio each; a token-level "
+                                    "aggregation weighs each sequence by its length and is no longer GSPO"}),
+    # MiniMax-M1: no lower bound on the weight (1 - 1.0 = 0), the upper at 1.28
+    _online("cispo", "grpo", objective="cispo", summary="CISPO: clipped stop-gradient IS weight on REINFORCE tokens",
+            defaults={"ppo.clip_eps": 1.0, "ppo.clip_eps_high": 0.28}),
     _online("rloo", "rloo", summary="RLOO: leave-one-out baseline"),
     _online("reinforce_pp", "reinforce_pp", group=False, summary="REINFORCE++: batch-whitened token returns"),
     _offline("dpo", "preference", "dpo", summary="DPO"),

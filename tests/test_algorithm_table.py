@@ -58,10 +58,10 @@ def test_group_rows_need_two_samples_per_prompt():
 
 
 def test_loss_aggregation_is_the_rows_unless_overridden():
-    assert load_config(overrides=["algorithm=grpo"]).loss_agg == "seq-mean-token-mean"
-    assert load_config(overrides=["algorithm=dr_grpo"]).loss_agg == "seq-mean-token-sum-norm"
-    assert load_config(overrides=["algorithm=ppo"]).loss_agg == "token-mean"
-    assert load_config(overrides=["algorithm=grpo", "ppo.loss_agg=token-mean"]).loss_agg == "token-mean"
+    assert load_config(overrides=["algorithm=grpo"]).ppo.loss_agg == "seq-mean-token-mean"
+    assert load_config(overrides=["algorithm=dr_grpo"]).ppo.loss_agg == "seq-mean-token-sum-norm"
+    assert load_config(overrides=["algorithm=ppo"]).ppo.loss_agg == "token-mean"
+    assert load_config(overrides=["algorithm=grpo", "ppo.loss_agg=token-mean"]).ppo.loss_agg == "token-mean"
 
 
 def test_cdpo_needs_label_smoothing_before_any_actor():

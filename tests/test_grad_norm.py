@@ -50,7 +50,7 @@ def _by_hand(cfg, policy, batch) -> list[float]:
     for _ in range(cfg.ppo.epochs):
         opt.zero_grad()
         logp, entropy = response_logprobs(model, batch, cfg.rollout.temperature, with_entropy=True)
-        loss, _ = policy_objective(cfg.ppo, cfg.spec.objective, cfg.loss_agg, logp, entropy, batch, 0.0, norm)
+        loss, _ = policy_objective(cfg.ppo, cfg.spec.objective, cfg.ppo.loss_agg, logp, entropy, batch, 0.0, norm)
         loss.backward()
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         total = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads))

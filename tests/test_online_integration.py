@@ -53,11 +53,11 @@ def _overrides(policy, reward_model, run_dir, *extra):
     ("grpo", ["ppo.kl.placement=loss", "ppo.kl.estimator=k3", "ppo.kl.coef=0.04"]),
     ("rloo", ["rollout.backend=hf", "ppo.whiten_advantages=false"]),
     ("reinforce_pp", ["rollout.backend=hf"]),
-    ("gspo", ["rollout.backend=hf", "ppo.clip_eps=3e-4", "ppo.clip_eps_high=4e-4"]),
-    ("cispo", ["rollout.backend=hf", "ppo.clip_eps=1.0", "ppo.clip_eps_high=0.28"]),
+    ("gspo", ["rollout.backend=hf"]),  # the clip range and aggregation: the row's
+    ("cispo", ["rollout.backend=hf"]),
     ("dr_grpo", []),
 ])
-def test_critic_free_two_steps(local_ray, tiny_policy, tiny_reward_model, tmp_path, algorithm, extra):
+def test_critic_free_two_steps(local_ray, tiny_policy, tiny_reward_model, tmp_path, algorithm, extra, capsys):
     from rlhf_ray.trainers.ppo import PPOTrainer
 
     if "rollout.backend=hf" not in extra:
@@ -66,6 +66,10 @@ def test_critic_free_two_steps(local_ray, tiny_policy, tiny_reward_model, tmp_pa
                                            "ppo.prompts_per_step_global=2", "ppo.samples_per_prompt=4", *extra))
     trainer = PPOTrainer.from_config(cfg)
     assert trainer.critic is None
+    # the start says which clip range it trains with: the row's for gspo and cispo
+    source = f"{algorithm}'s default" if algorithm in ("gspo", "cispo") else "default"
+    assert f"[algorithm] {algorithm}: ppo.clip_eps={cfg.ppo.clip_eps} ({source})" in capsys.readouterr().out
+    assert cfg.ppo.clip_eps == {"gspo": 3e-4, "cispo": 1.0}.get(algorithm, 0.2)
     summary = fit_two_synced(local_ray, trainer, {"rollout", "learner", "reference", "reward"})
     rows = [r for r in _metrics(tmp_path) if r["step"] > 0]  # step 0: the evaluation before training
     assert [r["step"] for r in rows] == [1, 2]

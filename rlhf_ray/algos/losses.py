@@ -80,7 +80,7 @@ def gspo_policy_loss(
     old_logp: Tensor,
     advantages: Tensor,
     mask: Tensor,
-    clip_eps: float = 3e-4,
+    clip_eps: float,
     clip_eps_high: Optional[float] = None,
     agg: str = "seq-mean-token-mean",
     is_weights: Optional[Tensor] = None,
@@ -94,8 +94,9 @@ def gspo_policy_loss(
 
     Computed in the paper's GSPO-token form, s_i,t = sg[s_i] · π(y_t)/sg[π(y_t)], whose value is
     s_i on every token and whose gradient with a per-sequence advantage and the seq-mean-token-mean
-    aggregation equals GSPO's. The paper's clip range is tiny (3e-4 / 4e-4): a sequence ratio is a
-    geometric mean. A clipped sequence contributes no gradient at all.
+    aggregation equals GSPO's (the config refuses algorithm=gspo with another ppo.loss_agg). The paper's
+    clip range is tiny (3e-4 / 4e-4, the gspo row's defaults in rlhf_ray/algorithms.py): a sequence
+    ratio is a geometric mean. A clipped sequence contributes no gradient at all.
     """
     logp, old_logp, advantages, is_weights = select_valid(mask, logp, old_logp, advantages, is_weights)
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
@@ -115,7 +116,7 @@ def cispo_policy_loss(
     old_logp: Tensor,
     advantages: Tensor,
     mask: Tensor,
-    clip_eps: float = 0.2,
+    clip_eps: float,
     clip_eps_high: Optional[float] = None,
     agg: str = "token-mean",
     is_weights: Optional[Tensor] = None,
@@ -128,6 +129,8 @@ def cispo_policy_loss(
 
     Unlike PPO's clip, which drops a token's gradient once its ratio leaves the range, CISPO keeps
     every token's gradient and only bounds its weight (the paper aggregates by token-mean over the batch).
+    MiniMax-M1 leaves the lower side open: the cispo row (rlhf_ray/algorithms.py) sets eps = 1.0 for
+    that, a weight in [0, 1 + eps_high].
     """
     logp, old_logp, advantages, is_weights = select_valid(mask, logp, old_logp, advantages, is_weights)
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high

@@ -24,17 +24,19 @@ class PPOConfig(Strict):
     samples_per_prompt: int = Field(4, ge=1, description="Responses generated per prompt.")
     epochs: int = Field(1, ge=1, description="PPO epochs over each step's samples.")
     minibatch_samples_global: int = Field(32, ge=1, description="Samples per optimiser step, all learner actors together.")
-    clip_eps: float = Field(0.2, gt=0, description="Policy ratio clip ε (lower side, and upper unless clip_eps_high).")
+    clip_eps: float = Field(0.2, gt=0, description=(
+        "Policy ratio clip ε (lower side, and upper unless clip_eps_high); GSPO clips its sequence ratio, CISPO its weight."))
     clip_eps_high: float | None = Field(None, gt=0, description="Upper ratio clip; empty = clip_eps.")
     value_clip_eps: float = Field(0.2, gt=0, description="Value-function clip around the old values.")
     value_loss_coef: float = Field(1.0, gt=0, description="Weight of the critic's loss.")
     gamma: float = Field(1.0, ge=0, le=1, description="GAE discount.")
     lam: float = Field(0.95, ge=0, le=1, description="GAE λ.")
     whiten_advantages: bool = Field(True, description="Normalise advantages over the batch's valid tokens.")
-    loss_agg: Literal["auto"] | LossAgg = Field("auto", description=(
+    loss_agg: Literal["auto"] | LossAgg = Field("token-mean", description=(
         "How token losses are averaged over the whole optimiser step (all micro-batches and ranks): token-mean, "
         "seq-mean-token-mean (each sequence's mean, then over sequences) or seq-mean-token-sum-norm (token sums "
-        "over sequences × rollout.max_new_tokens, Dr. GRPO); auto = the algorithm's own (docs/methods/online_rl.md)."))
+        "over sequences × the response horizon: rollout.max_new_tokens, or max(rollout.max_new_tokens, "
+        "env.max_total_tokens) with env.*; Dr. GRPO); auto = as if unset (docs/methods/online_rl.md)."))
     entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus in the policy loss.")
     kl: KLConfig = Field(default_factory=KLConfig, description="KL penalty to the reference.")
     logprob_gap_warn: float = Field(0.05, gt=0, description=(

@@ -12,6 +12,7 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from rlhf_ray.algorithms import ALGORITHMS
 from rlhf_ray.config.base import ConfigError
 from rlhf_ray.config.schema import Config
 
@@ -114,5 +115,12 @@ def config_table(node: BaseModel | None = None, prefix: str = "") -> list[tuple[
             rows.append((f"{prefix}{name}", repr(value), field.description or ""))
             rows += [(k, d, f"(with {prefix}{name} set) {doc}") for k, d, doc in config_table(section(), f"{prefix}{name}.")]
         else:
-            rows.append((f"{prefix}{name}", repr(value), field.description or ""))
+            rows.append((f"{prefix}{name}", repr(value), (field.description or "") + _per_algorithm(f"{prefix}{name}")))
     return rows
+
+
+def _per_algorithm(key: str) -> str:
+    """The values the algorithms' rows give ``key`` (AlgorithmSpec.defaults), for its line of the table."""
+    values = [f"{name} {dict(spec.defaults)[key]!r}" + (" (no other value)" if key in dict(spec.locked) else "")
+              for name, spec in ALGORITHMS.items() if key in dict(spec.defaults)]
+    return f" Unless set, per algorithm (rlhf_ray/algorithms.py): {', '.join(values)}." if values else ""

@@ -24,6 +24,9 @@ from rlhf_ray.config.roles import (LORA_TARGETS, ROLE_SECTIONS, VLLM_LORA_RANKS,
                                    ReferenceConfig, RewardConfig, RolloutConfig, TrainableRole)
 from rlhf_ray.config.run import LoggingConfig, PlacementConfig, RayConfig, SyncConfig, TaskConfig, TrainerConfig
 
+# The keys some algorithm's row sets (AlgorithmSpec.defaults): resolved per algorithm, printed at start.
+ROW_KEYS = tuple(sorted({key for spec in ALGORITHMS.values() for key, _ in spec.defaults}))
+
 # Keys a kind of loop never reads, and the key it reads instead: setting one is an error, not a no-op.
 READ_INSTEAD = {
     "online": {"offline.max_steps": "trainer.total_steps", "offline.eval_every": "trainer.eval_every"},
@@ -126,25 +129,46 @@ class Config(Strict):
         return None
 
     @property
-    def loss_agg(self) -> str:
-        """The policy loss aggregation in force: ppo.loss_agg, or the algorithm's own when auto."""
-        return self.spec.loss_agg if self.ppo.loss_agg == "auto" else self.ppo.loss_agg
-
-    @property
     def optimizer_batch_global(self) -> int:
         """Samples (pairs for preference losses) per optimiser step, all trainer actors together."""
         return self.ppo.minibatch_samples_global if self.spec.update == "policy" else self.offline.batch_samples_global
 
     def is_set(self, key: str) -> bool:
         """Whether ``key`` ('a.b') was given in the file or overrides with a value other than its
-        default (a saved config.yaml lists every key; only the changed ones were asked for)."""
-        node, default = self, Config.model_construct()  # defaults, without running these checks again
-        *sections, leaf = key.split(".")
-        for name in sections:
-            if name not in node.model_fields_set:
+        default (a saved config.yaml lists every key; only the changed ones were asked for). A value
+        the algorithm's row filled in (``algorithm_settings``) was not given."""
+        return self._given(key) and _value(self, key) != _value(Config.model_construct(), key)
+
+    def _given(self, key: str) -> bool:
+        """Whether ``key`` was in the file or overrides at all (whatever its value)."""
+        node = self
+        for name in key.split("."):
+            if node is None or name not in node.model_fields_set:
                 return False
-            node, default = getattr(node, name), getattr(default, name)
-        return leaf in node.model_fields_set and getattr(node, leaf) != getattr(default, leaf)
+            node = getattr(node, name)
+        return True
+
+    def algorithm_settings(self) -> list[tuple[str, object, str]]:
+        """(key, value in force, where it comes from) of every key an algorithm's row may set (ROW_KEYS):
+        printed at start, so a run says which clip range and aggregation it trains with."""
+        row = dict(self.spec.defaults)
+        return [(key, _value(self, key), "given" if self._given(key) else
+                 f"{self.algorithm}'s default" if key in row else "default") for key in ROW_KEYS]
+
+    @model_validator(mode="after")
+    def _algorithm_defaults(self) -> "Config":
+        """Fills each ROW_KEYS key left unset (or auto) with the row's value, else the schema's default,
+        without marking it given (it stays unset for is_set, a saved config lists it); then refuses a
+        value of a locked key that is no longer the algorithm. Runs again on assignment: idempotent."""
+        row = dict(self.spec.defaults)
+        for key in ROW_KEYS:
+            if not self._given(key) or _value(self, key) == "auto":
+                _fill(self, key, row.get(key, _value(Config.model_construct(), key)))
+        for key, why in self.spec.locked:
+            if _value(self, key) != row[key]:
+                raise ValueError(f"algorithm={self.algorithm} with {key}={_value(self, key)}: {why}. Unset {key} "
+                                 f"(algorithm={self.algorithm} uses {row[key]}) or choose another algorithm")
+        return self
 
     def unused_settings(self) -> list[str]:
         """Settings changed from their defaults in sections this algorithm's loop never reads."""
@@ -228,3 +252,23 @@ class Config(Strict):
                     f"{key}={self.optimizer_batch_global} must split evenly over {role}.num_actors={r.num_actors} "
                     f"actors into micro-batches of {role}.micro_batch_samples_per_actor={r.micro_batch_samples_per_actor}")
         return self
+
+
+def _value(node, key: str):
+    """The value at dotted ``key`` (None below an unset optional section)."""
+    for name in key.split("."):
+        node = None if node is None else getattr(node, name)
+    return node
+
+
+def _fill(cfg: Config, key: str, value) -> None:
+    """Sets ``key`` to ``value``, validated by its field, without marking it given: the sections on the
+    way are copied (a section object passed in stays as it was), the leaf left out of model_fields_set."""
+    *sections, leaf = key.split(".")
+    node = cfg
+    for name in sections:
+        section = getattr(node, name).model_copy()
+        object.__setattr__(node, name, section)
+        node = section
+    node.__pydantic_validator__.validate_assignment(node, leaf, value)
+    node.__pydantic_fields_set__.discard(leaf)

@@ -53,7 +53,7 @@ class PolicyLearner(DeepSpeedWorker):
         aggregation) on this rank's shard. Needs old_logprobs and advantages (and ref_logprobs when
         the KL penalty sits in the loss)."""
         ppo, temperature = self.cfg.ppo, self.cfg.rollout.temperature
-        loss_name, agg = self.cfg.spec.objective, self.cfg.loss_agg
+        loss_name, agg = self.cfg.spec.objective, ppo.loss_agg
 
         def loss_fn(mb: Batch, norm):
             logp, entropy = response_logprobs(self.engine, mb, temperature, with_entropy=True, pack=self.pack)

@@ -52,6 +52,9 @@ class OnlineController(Controller):
                     else "the merged weights of the layers the adapter touches")
             print(f"[sync] learner.lora (r={lora.rank}, α={lora.alpha:g}, {len(lora.targets)} target modules): "
                   f"each weight sync sends {what} ({why})", flush=True)
+        if self.cfg.spec.update == "policy" and "learner" in self.roles:  # the values the policy loss reads
+            print(f"[algorithm] {self.cfg.algorithm}: " + ", ".join(
+                f"{key}={value} ({source})" for key, value, source in self.cfg.algorithm_settings()), flush=True)
 
     def generate(self, prompt_ids: list[list[int]], greedy: bool, seed: int, rows: list[dict] | None = None) -> dict:
         """Prompts go to the rollout engine with the least outstanding work; answers come back in order.
