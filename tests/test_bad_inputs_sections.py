@@ -57,3 +57,49 @@ def test_non_finite_numbers_are_refused(override, key, got):
         load_config(overrides=[override])
     msg = str(e.value)
     assert f"{key}: Input should be a finite number (got {got})" in msg and "\n" not in msg, msg
+
+
+# ------------------------------------------------------------------ environments and tools: a dry episode
+def _env_cfg(policy, tmp_path, *extra):
+    from conftest import tiny_overrides
+
+    return load_config(overrides=tiny_overrides(policy, tmp_path / "run", "algorithm=grpo", "reward.kind=env",
+                                                "env.call_timeout_s=0.5", *extra))
+
+
+@pytest.mark.parametrize("env, message", [
+    ("GarbageEnv", "env.environment='tests.multiturn_envs:GarbageEnv': a dry step after reset(training row 0): "
+                   "GarbageEnv.step returned int (42); expected an Observation or a string"),
+    ("NaNRewardEnv", "NaNRewardEnv.step: Observation.reward must be a finite number, got nan"),
+    ("RaisingEnv", "a dry RaisingEnv.step('') after reset(training row 0) raised ValueError: the tool broke"),
+    ("SlowEnv", "a dry SlowEnv.step('') after reset(training row 0) gave no answer within env.call_timeout_s=0.5s"),
+    ("StepWithoutTurn", "StepWithoutTurn.step() must take one argument (the turn text)"),
+    ("GreetingResetEnv", "GreetingResetEnv.reset returned 'hello'; expected None or a list of"),
+])
+def test_an_environment_that_breaks_its_interface_fails_before_actors(tiny_policy, tmp_path, env, message):
+    from conftest import assert_fails_before_actors
+
+    cfg = _env_cfg(tiny_policy, tmp_path, f"env.environment=tests.multiturn_envs:{env}", "env.retries=0")
+    assert_fails_before_actors(cfg, ValueError, message)
+
+
+def test_a_transient_failure_gets_the_retries_the_actors_would_give(tiny_policy, tmp_path):
+    from rlhf_ray.planning.checks_envs import check_env_dry
+
+    cfg = _env_cfg(tiny_policy, tmp_path, "env.environment=tests.multiturn_envs:FlakyEnv", "env.retries=1")
+    check_env_dry(cfg, {"prompt": "What is 1 + 1?", "answer": "2"})  # fails once, then answers
+    cfg = _env_cfg(tiny_policy, tmp_path, "env.environment=tests.multiturn_envs:FlakyEnv", "env.retries=0")
+    with pytest.raises(ValueError, match="raised ConnectionError: transient"):
+        check_env_dry(cfg, {"prompt": "What is 1 + 1?", "answer": "2"})
+
+
+@pytest.mark.parametrize("tool, message", [
+    ("tests.multiturn_envs:NOT_A_TOOL", "env.tools: 'tests.multiturn_envs:NOT_A_TOOL' is a int, not a function"),
+    ("tests.multiturn_envs:undocumented_tool", "env.tools: tool 'undocumented_tool': cannot build its JSON schema"),
+])
+def test_a_tool_that_is_no_typed_documented_function_fails_before_actors(tiny_policy, tmp_path, tool, message):
+    from conftest import assert_fails_before_actors
+
+    # env.system_prompt set: the prompts do not build the tools, the preflight's dry episode does
+    cfg = _env_cfg(tiny_policy, tmp_path, f"env.tools=[{tool}]", "env.system_prompt=Use the tool.")
+    assert_fails_before_actors(cfg, ValueError, message)

@@ -25,6 +25,8 @@ from rlhf_ray.cluster.layout import check_feasible
 from rlhf_ray.config import Config
 from rlhf_ray.data.files import read_table
 from rlhf_ray.models.headers import check_weights_readable, model_fingerprint
+from rlhf_ray.envs.factory import make_environment
+from rlhf_ray.planning.checks_envs import check_env_dry
 from rlhf_ray.planning.plan import check_fit
 from rlhf_ray.rewards.functions import check_scores, import_reward_function
 from rlhf_ray.runs.checkpoint import resolve_resume, verify
@@ -66,6 +68,7 @@ def preflight(cfg: Config, model_paths: dict[str, str | None], sample: dict | No
         check_weights_readable(path)
     result.models = {r: model_fingerprint(model_paths[r]) for r in cfg.spec.trained_roles if model_paths.get(r)}
     check_reward_function(cfg, sample)
+    check_env_dry(cfg, sample)
     check_sequence_length(cfg, model_paths.get("rollout"))
     check_local_resources(cfg, roles)
     result.resume_from = resolve_resume(cfg.trainer.resume, cfg.trainer.run_dir)
@@ -88,6 +91,8 @@ def preflight_submit(cfg: Config, echo=print, cluster: str | None = None, gpu_gi
         if path and "://" not in path and not path.startswith("datasets:"):
             read_table(path)
     check_reward_function(cfg, None)
+    if cfg.env.enabled:  # imported and built from the uploaded folder; the dry episode runs on the cluster
+        make_environment(cfg.env)
     for path in {cfg.model.path, *(getattr(cfg, r).model_path for r in ("learner", "critic", "reference", "reward"))}:
         if path and os.path.isdir(path):
             check_weights_readable(path)
