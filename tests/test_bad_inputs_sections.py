@@ -103,3 +103,53 @@ def test_a_tool_that_is_no_typed_documented_function_fails_before_actors(tiny_po
     # env.system_prompt set: the prompts do not build the tools, the preflight's dry episode does
     cfg = _env_cfg(tiny_policy, tmp_path, f"env.tools=[{tool}]", "env.system_prompt=Use the tool.")
     assert_fails_before_actors(cfg, ValueError, message)
+
+
+# ------------------------------------------------------------------ model folders by role, LoRA targets (no weights read)
+@pytest.mark.parametrize("extra, message", [
+    (["reward.kind=model", "reward.model_path={policy}"],
+     "reward.model_path={policy}: the reward model must be a sequence classifier, but its config.json says "
+     "architectures=['LlamaForCausalLM']"),
+    (["model.path={reward}"], "model.path={reward}: the policy must be a causal LM, but its config.json says "
+                              "architectures=['LlamaForSequenceClassification']"),
+    (["reference.model_path={reward}"], "reference.model_path={reward}: the reference must be a causal LM"),
+    (["learner.lora.targets=[q_proj, qkv_proj]"],
+     "learner.lora.targets: ['qkv_proj'] are not linear modules of the model in {policy}; it has ['down_proj', "
+     "'gate_proj', 'k_proj', 'lm_head', 'o_proj', 'q_proj', 'up_proj', 'v_proj']"),
+    (["critic.lora.targets=[lm_head]"], "critic.lora.targets: ['lm_head'] are not linear modules of the model in {policy}"),
+    (["trainer.eval.baseline=reference", "trainer.eval.judge=llm", "trainer.eval.judge_model_path={reward}"],
+     "trainer.eval.judge_model_path={reward}: the judge (trainer.eval.judge=llm) must be a causal LM"),
+    (["trainer.eval.baseline=reference", "trainer.eval.judge=reward", "trainer.eval.judge_model_path={policy}"],
+     "trainer.eval.judge_model_path={policy}: the judge (trainer.eval.judge=reward) must be a sequence classifier"),
+    (["trainer.eval.baseline={reward}", "trainer.eval.judge=reward", "reward.model_path={reward}"],
+     "trainer.eval.baseline={reward}: the baseline must be a causal LM"),
+])
+def test_a_model_that_does_not_fit_its_role_fails_before_actors(tiny_policy, tiny_reward_model, tmp_path, extra, message):
+    from conftest import assert_fails_before_actors, tiny_overrides
+
+    fill = {"policy": tiny_policy, "reward": tiny_reward_model}
+    overrides = [o.format(**fill) for o in ["algorithm=ppo", "model.path={policy}", *extra]]
+    cfg = load_config(overrides=tiny_overrides(tiny_policy, tmp_path / "run", *overrides))
+    assert_fails_before_actors(cfg, ValueError, message.format(**fill))
+
+
+def test_lora_targets_are_read_from_a_meta_device_model(tiny_policy, tiny_reward_model):
+    from rlhf_ray.planning.checks_models import linear_names
+
+    assert linear_names(tiny_policy, "causal_lm") == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                      "down_proj", "lm_head"}
+    assert "score" in linear_names(tiny_reward_model, "classifier") and "lm_head" not in linear_names(tiny_policy, "backbone")
+
+
+def test_a_shipped_model_whose_export_fails_is_one_line(tmp_path, monkeypatch, capsys):
+    from rlhf_ray.cli import main
+
+    cache = tmp_path / "a_file"
+    cache.write_text("")  # the cache root is a file: the export cannot make its folder
+    monkeypatch.setenv("RLHF_RAY_CACHE", str(cache))
+    assert main(["plan", "model.path=gemma3"]) == 2
+    out = capsys.readouterr()
+    assert f"[model] 'gemma3' is not prepared yet: exporting it to {cache}/models/gemma-3-270m once" in out.out
+    assert out.err == (f"error: model 'gemma3': exporting the shipped model to {cache}/models/gemma-3-270m failed "
+                       f"(NotADirectoryError: [Errno 20] Not a directory: '{cache}/models'); `rlhf-ray prepare-model "
+                       "--model gemma3 --force` retries it and shows the whole error\n")

@@ -27,6 +27,7 @@ from rlhf_ray.data.files import read_table
 from rlhf_ray.models.headers import check_weights_readable, model_fingerprint
 from rlhf_ray.envs.factory import make_environment
 from rlhf_ray.planning.checks_envs import check_env_dry
+from rlhf_ray.planning.checks_models import check_lora_targets, check_model_roles
 from rlhf_ray.planning.plan import check_fit
 from rlhf_ray.rewards.functions import check_scores, import_reward_function
 from rlhf_ray.runs.checkpoint import resolve_resume, verify
@@ -66,6 +67,8 @@ def preflight(cfg: Config, model_paths: dict[str, str | None], sample: dict | No
     result = Preflight(warnings=[*cfg.unused_settings(), *check_environment(cfg)])
     for path in sorted({p for p in model_paths.values() if p}):
         check_weights_readable(path)
+    check_model_roles(cfg, model_paths)
+    check_lora_targets(cfg, model_paths, tuple(roles or cfg.roles))
     result.models = {r: model_fingerprint(model_paths[r]) for r in cfg.spec.trained_roles if model_paths.get(r)}
     check_reward_function(cfg, sample)
     check_env_dry(cfg, sample)

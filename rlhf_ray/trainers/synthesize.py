@@ -22,6 +22,7 @@ from rlhf_ray.config import Config
 from rlhf_ray.data.prompts import encode_prompts, run_system_prompt
 from rlhf_ray.data.synthetic import Candidate, choose_pairs, distill_rows, pair_rows
 from rlhf_ray.models.loading import load_tokenizer, resolve_model_path
+from rlhf_ray.planning.checks_models import CAUSAL_LM, check_architecture
 from rlhf_ray.roles import Rollout
 from rlhf_ray.trainers.inputs import PromptInputs, repeat_prompts
 from rlhf_ray.trainers.judges import score_texts
@@ -64,6 +65,9 @@ def run_synthesize(cfg: Config) -> dict:
     inputs = PromptInputs.load(cfg)
     names = sc.models or [cfg.model.path]
     paths = [resolve_model_path(m) for m in names]  # every folder checked before any actor starts
+    for i, path in enumerate(paths):
+        check_architecture(path, f"synthesize.models[{i}]" if sc.models else "model.path", "synthesize candidate",
+                           CAUSAL_LM)
     ctl = OnlineController(inputs, roles=("reward",))
     try:
         rows, k = ctl.train_set.rows, sc.samples_per_prompt
