@@ -20,6 +20,7 @@ from rlhf_ray.config import ConfigError
 from rlhf_ray.config.loading import config_table, load_config
 from rlhf_ray.models.shipped import SHIPPED_MODELS
 from rlhf_ray.runs.report import write_report
+from rlhf_ray.runs.rundir import check_output_file
 
 
 def _split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
@@ -107,6 +108,7 @@ def cmd_make_traces(args) -> int:
 
     path, overrides = _split_config_args(args.config)
     cfg = load_config(path, overrides)
+    check_output_file(args.out, "--out")
     n = write_calculator_traces(cfg, args.out, args.n)
     print(f"{n} SFT rows (a tool call and a final answer for each of {args.n} training questions) -> {args.out}")
     return 0

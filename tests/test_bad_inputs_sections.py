@@ -68,11 +68,11 @@ def _env_cfg(policy, tmp_path, *extra):
 
 
 @pytest.mark.parametrize("env, message", [
-    ("GarbageEnv", "env.environment='tests.multiturn_envs:GarbageEnv': a dry step after reset(training row 0): "
+    ("GarbageEnv", "env.environment='tests.multiturn_envs:GarbageEnv': a dry step after reset(a training row): "
                    "GarbageEnv.step returned int (42); expected an Observation or a string"),
     ("NaNRewardEnv", "NaNRewardEnv.step: Observation.reward must be a finite number, got nan"),
-    ("RaisingEnv", "a dry RaisingEnv.step('') after reset(training row 0) raised ValueError: the tool broke"),
-    ("SlowEnv", "a dry SlowEnv.step('') after reset(training row 0) gave no answer within env.call_timeout_s=0.5s"),
+    ("RaisingEnv", "a dry RaisingEnv.step('') after reset(a training row) raised ValueError: the tool broke"),
+    ("SlowEnv", "a dry SlowEnv.step('') after reset(a training row) gave no answer within env.call_timeout_s=0.5s"),
     ("StepWithoutTurn", "StepWithoutTurn.step() must take one argument (the turn text)"),
     ("GreetingResetEnv", "GreetingResetEnv.reset returned 'hello'; expected None or a list of"),
 ])
@@ -153,3 +153,66 @@ def test_a_shipped_model_whose_export_fails_is_one_line(tmp_path, monkeypatch, c
     assert out.err == (f"error: model 'gemma3': exporting the shipped model to {cache}/models/gemma-3-270m failed "
                        f"(NotADirectoryError: [Errno 20] Not a directory: '{cache}/models'); `rlhf-ray prepare-model "
                        "--model gemma3 --force` retries it and shows the whole error\n")
+
+
+# ------------------------------------------------------------------ through the command line: exit 2, one line, no Ray
+def cli_fails(argv: list[str], capsys, message: str) -> str:
+    """``rlhf-ray argv`` exits 2 with one line ``error: ...`` holding ``message``, no traceback, and Ray
+    started nothing (not started at all, or no new actor in the session's test Ray)."""
+    import ray
+
+    from rlhf_ray.cli import main
+
+    was_up = ray.is_initialized()
+    before = len(ray.util.list_named_actors(all_namespaces=True)) if was_up else 0
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert message in err, err
+    assert ray.is_initialized() == was_up
+    assert (len(ray.util.list_named_actors(all_namespaces=True)) if was_up else 0) == before
+    return err.strip()
+
+
+def test_outputs_that_cannot_be_written_fail_before_any_generation(tiny_policy, tmp_path, capsys):
+    from conftest import tiny_overrides
+
+    base = tiny_overrides(tiny_policy, tmp_path / "run")
+    (tmp_path / "a_folder").mkdir()
+    cli_fails(["synthesize", *base, "--out", str(tmp_path / "a_folder")], capsys,
+              f"synthesize.out_file={tmp_path / 'a_folder'}: is a folder; name a file to write")
+    cli_fails(["synthesize", *base, "--out", "/proc/rlhf_ray_synthetic.jsonl"], capsys,
+              "synthesize.out_file=/proc/rlhf_ray_synthetic.jsonl: cannot write in /proc")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "best.jsonl").mkdir()
+    cli_fails(["best-of-n", *base, "raft.best_of_n_file=best.jsonl"], capsys,
+              f"raft.best_of_n_file={tmp_path / 'run' / 'best.jsonl'}: is a folder")
+    cli_fails(["make-traces", "--out", str(tmp_path / "a_folder")], capsys, f"--out={tmp_path / 'a_folder'}: is a folder")
+
+
+def test_a_synthesize_candidate_that_is_no_causal_lm_fails_before_actors(tiny_policy, tiny_reward_model, tmp_path, capsys):
+    from conftest import tiny_overrides
+
+    cli_fails(["synthesize", *tiny_overrides(tiny_policy, tmp_path / "run", f"synthesize.models=[{tiny_policy}, "
+                                             f"{tiny_reward_model}]")], capsys,
+              f"synthesize.models[1]={tiny_reward_model}: the synthesize candidate must be a causal LM")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["synthesize.samples_per_prompt=1"], "algorithm=iterative_dpo pairs the policy's own answers to each prompt: "
+                                          "synthesize.samples_per_prompt=1 must be ≥ 2"),
+    (["iterative.prompts_per_round=4"], "iterative.prompts_per_round=4 makes at most one pair per prompt, fewer than "
+                                        "the offline.batch_samples_global=8 pairs of one DPO step: no round would update"),
+    (["task.name=jsonl", "task.train_file={rows}", "task.eval_file={rows}"],
+     "reward.function='rlhf_ray.tasks.rewards:arithmetic_exact_match' scores each response against its row's reference "
+     "answer, but no training row of task.name=jsonl has an 'answer'"),
+])
+def test_iterative_dpo_whose_reward_or_rounds_cannot_make_pairs_fails_before_actors(tiny_policy, tmp_path, capsys,
+                                                                                     extra, message):
+    from conftest import tiny_overrides
+
+    rows = tmp_path / "no_answers.jsonl"
+    rows.write_text('{"prompt": "Say hi."}\n{"prompt": "Say bye."}\n')
+    overrides = tiny_overrides(tiny_policy, tmp_path / "run", "algorithm=iterative_dpo",
+                               *[e.format(rows=rows) for e in extra])
+    cli_fails(["train", *[o for o in overrides if not o.startswith("trainer.total_steps")]], capsys, message)

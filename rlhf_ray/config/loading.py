@@ -63,10 +63,12 @@ def _explain(err: ValidationError, source: str) -> ConfigError:
             near = difflib.get_close_matches(str(e["loc"][-1]), _known_keys(Config, e["loc"]), n=1)
             hint = f" (did you mean '{'.'.join(map(str, e['loc'][:-1] + (near[0],)))}'?)" if near else ""
             lines.append(f"{key}: unknown key{hint}")
+        elif e["type"] == "value_error":  # a rule of the schema: its message names its keys
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(msg if not e["loc"] else f"{key}: {msg}")
         else:
-            got = "" if e["type"] == "value_error" else f" (got {e.get('input')!r})"
-            lines.append(f"{key}: {e['msg']}{got}")
-    return ConfigError(f"invalid config from {source}: " + "; ".join(lines))
+            lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+    return ConfigError("; ".join(lines) + f" (the config from {source})")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -2,7 +2,7 @@
 interface checked, and one dry episode opened on a training row, before any actor starts.
 
     env.environment / env.tools → imported, built (env.kwargs), every tool's JSON schema (ToolEnvironment)
-      → reset and step take one argument, stop is strings → reset(row 0) gives None or messages
+      → reset and step take one argument, stop is strings → reset(a training row) gives None or messages
       → system_prompt() is text or None → step("") (an empty turn, as a policy may write) gives an
         Observation (rlhf_ray.envs.base.check_observation), within env.call_timeout_s, with env.retries
         retries as the environment actors allow
@@ -41,7 +41,7 @@ def check_env_dry(cfg: Config, row: dict | None) -> None:
         raise ValueError(f"{key}: {name}.stop must be a tuple of strings, got {env.stop!r:.80}")
     row = dict(row or {"prompt": "", "answer": ""})
     try:
-        first = _timed(lambda: env.reset(row), ec.call_timeout_s, f"{key}: a dry {name}.reset(training row 0)")
+        first = _timed(lambda: env.reset(row), ec.call_timeout_s, f"{key}: a dry {name}.reset(a training row)")
         if first is not None and not (isinstance(first, list) and all(_is_message(m) for m in first)):
             raise ValueError(f"{key}: {name}.reset returned {first!r:.80}; expected None or a list of "
                              "{'role': str, 'content': str} messages")
@@ -49,11 +49,11 @@ def check_env_dry(cfg: Config, row: dict | None) -> None:
         if prompt is not None and not isinstance(prompt, str):
             raise ValueError(f"{key}: {name}.system_prompt() returned {type(prompt).__name__}, not a string or None")
         obs = _retried(lambda: env.step(DRY_ACTION), ec.retries, ec.call_timeout_s,
-                       f"{key}: a dry {name}.step({DRY_ACTION!r}) after reset(training row 0)")
+                       f"{key}: a dry {name}.step({DRY_ACTION!r}) after reset(a training row)")
         try:
             check_observation(obs, name)
         except EnvProtocolError as e:
-            raise ValueError(f"{key}: a dry step after reset(training row 0): {e}") from None
+            raise ValueError(f"{key}: a dry step after reset(a training row): {e}") from None
     finally:
         try:
             env.close()

@@ -115,6 +115,10 @@ def check_reward_function(cfg: Config, sample: dict | None) -> None:
     fn = import_reward_function(cfg.reward.function)
     row = sample or make_arithmetic_split(1, 1, seed=0)[0][0]
     where = f"reward.function={cfg.reward.function!r}"
+    if getattr(fn, "needs_answers", False) and not str(row.get("answer") or "").strip():
+        raise ValueError(f"{where} scores each response against its row's reference answer, but no training row of "
+                         f"task.name={cfg.task.name} has an 'answer': name a reward that needs none (reward.kind="
+                         f"model or http, or a rule of your own), or prompts with answers")
     try:
         scores = fn([row["prompt"]], [""], [row.get("answer", "")])
     except Exception as e:  # a user's function can raise anything; the preflight names it, no traceback

@@ -24,6 +24,7 @@ from rlhf_ray.data.synthetic import Candidate, choose_pairs, distill_rows, pair_
 from rlhf_ray.models.loading import load_tokenizer, resolve_model_path
 from rlhf_ray.planning.checks_models import CAUSAL_LM, check_architecture
 from rlhf_ray.roles import Rollout
+from rlhf_ray.runs.rundir import check_output_file
 from rlhf_ray.trainers.inputs import PromptInputs, repeat_prompts
 from rlhf_ray.trainers.judges import score_texts
 from rlhf_ray.trainers.online import OnlineController
@@ -54,6 +55,12 @@ def scorer_name(cfg: Config) -> str:
     return {"rule": f"rule:{rc.function}", "model": f"reward_model:{rc.model_path}", "http": f"http:{rc.url}"}[rc.kind]
 
 
+def output_path(cfg: Config) -> Path:
+    """synthesize.out_file: absolute, or inside trainer.run_dir."""
+    out = Path(cfg.synthesize.out_file)
+    return out if out.is_absolute() else Path(cfg.trainer.run_dir) / out
+
+
 def run_synthesize(cfg: Config) -> dict:
     """Samples, scores and writes the rows; returns a summary (also synthesize_summary.json in the run directory)."""
     sc = cfg.synthesize
@@ -62,6 +69,7 @@ def run_synthesize(cfg: Config) -> dict:
                          "cannot (use rule, model or http)")
     if sc.mode == "pairs" and sc.samples_per_prompt * max(1, len(sc.models)) < 2:
         raise ValueError("synthesize.mode=pairs needs at least 2 candidates per prompt: raise synthesize.samples_per_prompt")
+    out_path = check_output_file(output_path(cfg), "synthesize.out_file")  # before a single sample is drawn
     inputs = PromptInputs.load(cfg)
     names = sc.models or [cfg.model.path]
     paths = [resolve_model_path(m) for m in names]  # every folder checked before any actor starts
@@ -86,7 +94,7 @@ def run_synthesize(cfg: Config) -> dict:
     else:
         table = torch.tensor([[c.score for c in cands] for cands in candidates])
         out_rows = pair_rows(prompts, candidates, choose_pairs(table, sc.pairing, sc.min_margin, cfg.trainer.seed), scorer)
-    path = Path(sc.out_file) if Path(sc.out_file).is_absolute() else ctl.run_dir / sc.out_file
+    path = out_path
     with path.open("w") as f:
         for row in out_rows:
             f.write(json.dumps(row) + "\n")
