@@ -216,3 +216,55 @@ def test_iterative_dpo_whose_reward_or_rounds_cannot_make_pairs_fails_before_act
     overrides = tiny_overrides(tiny_policy, tmp_path / "run", "algorithm=iterative_dpo",
                                *[e.format(rows=rows) for e in extra])
     cli_fails(["train", *[o for o in overrides if not o.startswith("trainer.total_steps")]], capsys, message)
+
+
+# ------------------------------------------------------------------ cluster files and the Jobs API
+LAUNCHER = ("cluster_name: x\nprovider: {type: aws}\nmax_workers: 2\nhead_node_type: head\navailable_node_types:\n"
+            "  head:\n    resources: {CPU: 4}\n  gpu:\n    resources: {CPU: 8, GPU: 4}\n    max_workers: 2\n")
+
+
+@pytest.mark.parametrize("text, message", [
+    (LAUNCHER.replace("GPU: 4", "GPU: four"), ":9: available_node_types.gpu.resources.GPU='four' is not a number"),
+    (LAUNCHER.replace("    max_workers: 2\n", "    max_workers: many\n"),
+     ":10: available_node_types.gpu.max_workers='many' is not a number"),
+    (LAUNCHER.replace("head_node_type: head", "head_node_type: hed"),
+     ":4: head_node_type 'hed' is not one of available_node_types ['gpu', 'head']"),
+    (LAUNCHER.replace("  gpu:", "  head:"), ": key 'head' appears twice in one mapping (lines 6 and 8)"),
+    (LAUNCHER[:40], " is not valid YAML (line 3: "),
+    ("cluster_name: x\nprovider: {}\nmax_workers: 1\nhead_node_type: head\navailable_node_types: [1, 2]\n",
+     ":5: available_node_types must be a mapping, not list"),
+    ("kind: RayCluster\nspec:\n  headGroupSpec:\n    template:\n      spec:\n        containers: []\n",
+     ":6: containers must list at least one container"),
+    ("- a\n- b\n", ":1: not a YAML mapping"),
+])
+def test_a_malformed_cluster_file_is_named_with_its_line(tmp_path, capsys, text, message):
+    f = tmp_path / "cluster.yaml"
+    f.write_text(text)
+    cli_fails(["plan", "--cluster", str(f)], capsys, f"error: cluster file {f}{message}")
+
+
+@pytest.fixture
+def not_a_dashboard():
+    """A real HTTP server on loopback that is no Ray dashboard: every path answers 404."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    server.RequestHandlerClass.log_message = lambda *a: None
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_jobs_api_addresses_that_cannot_work_are_one_line(capsys, not_a_dashboard, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # the 404 server serves this empty folder
+    for address in ("ftp://127.0.0.1:1", "http://", "127.0.0.1", "http://127.0.0.1:8265/jobs"):
+        cli_fails(["jobs", "list", "--address", address], capsys, f"error: address {address.rstrip('/')!r} is not the "
+                  "Ray dashboard's http://HOST:PORT")
+        cli_fails(["submit", "--address", address], capsys, f"error: address {address.rstrip('/')!r}")
+    cli_fails(["jobs", "status", "some-job", "--address", "http://127.0.0.1:1"], capsys,
+              "error: no Ray dashboard answers at http://127.0.0.1:1 ([Errno 111] Connection refused)")
+    cli_fails(["jobs", "list", "--address", not_a_dashboard], capsys,
+              f"error: {not_a_dashboard} is not a Ray dashboard (no /api/version): give the dashboard's address")
