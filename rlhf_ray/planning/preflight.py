@@ -89,22 +89,37 @@ def preflight_submit(cfg: Config, echo=print, cluster: str | None = None, gpu_gi
     (from the working directory that is uploaded), model folders that exist here, environment
     variables, and (``fit``) when a cluster file is named (``cluster`` or ray.cluster_config) the
     memory plan against it (rlhf_ray.planning.plan: DoesNotFit names what is over). The job's driver runs the
-    whole preflight on the cluster before its actors start."""
+    whole preflight on the cluster before its actors start. Model folders here are checked for their
+    role's architecture and LoRA targets too (rlhf_ray.planning.checks_models)."""
     for path in (cfg.task.train_file, cfg.task.eval_file, cfg.offline.train_file, cfg.offline.eval_file):
         if path and "://" not in path and not path.startswith("datasets:"):
             read_table(path)
     check_reward_function(cfg, None)
     if cfg.env.enabled:  # imported and built from the uploaded folder; the dry episode runs on the cluster
         make_environment(cfg.env)
-    for path in {cfg.model.path, *(getattr(cfg, r).model_path for r in ("learner", "critic", "reference", "reward"))}:
-        if path and os.path.isdir(path):
-            check_weights_readable(path)
+    local = local_model_paths(cfg)
+    for path in sorted(set(local.values())):
+        check_weights_readable(path)
+    check_model_roles(cfg, local)
+    check_lora_targets(cfg, local, cfg.roles)
     warnings = [*cfg.unused_settings(), *check_environment(cfg, where="the cluster's nodes")]
     if fit and (cluster or cfg.ray.cluster_config):
         warnings += check_fit(cfg, cluster, gpu_gib).warnings
     for w in warnings:
         echo(f"[preflight] warning: {w}")
     return warnings
+
+
+def local_model_paths(cfg: Config) -> dict[str, str]:
+    """role → model folder of the roles whose folder is here (not a shipped model's name, nor a path
+    that only the cluster has): what the submitting machine can check."""
+    policy = cfg.learner.model_path or cfg.model.path
+    reward = (cfg.reward.model_path or (cfg.model.path if cfg.spec.trained_role == "reward" else None)
+              if cfg.reward.kind == "model" or cfg.spec.trained_role == "reward" else None)
+    paths = {"rollout": policy, "learner": policy, "critic": cfg.critic.model_path or cfg.model.path,
+             "reference": cfg.reference.model_path or cfg.model.path, "reward": reward}
+    return {r: os.path.abspath(p) for r, p in paths.items()
+            if r in cfg.roles and p and os.path.isfile(os.path.join(p, "config.json"))}
 
 
 def check_reward_function(cfg: Config, sample: dict | None) -> None:
