@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import cli_fails
 from rlhf_ray.config import ConfigError
 from rlhf_ray.config.loading import load_config
 
@@ -156,24 +157,6 @@ def test_a_shipped_model_whose_export_fails_is_one_line(tmp_path, monkeypatch, c
 
 
 # ------------------------------------------------------------------ through the command line: exit 2, one line, no Ray
-def cli_fails(argv: list[str], capsys, message: str) -> str:
-    """``rlhf-ray argv`` exits 2 with one line ``error: ...`` holding ``message``, no traceback, and Ray
-    started nothing (not started at all, or no new actor in the session's test Ray)."""
-    import ray
-
-    from rlhf_ray.cli import main
-
-    was_up = ray.is_initialized()
-    before = len(ray.util.list_named_actors(all_namespaces=True)) if was_up else 0
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    assert message in err, err
-    assert ray.is_initialized() == was_up
-    assert (len(ray.util.list_named_actors(all_namespaces=True)) if was_up else 0) == before
-    return err.strip()
-
-
 def test_outputs_that_cannot_be_written_fail_before_any_generation(tiny_policy, tmp_path, capsys):
     from conftest import tiny_overrides
 
@@ -218,48 +201,17 @@ def test_iterative_dpo_whose_reward_or_rounds_cannot_make_pairs_fails_before_act
     cli_fails(["train", *[o for o in overrides if not o.startswith("trainer.total_steps")]], capsys, message)
 
 
-# ------------------------------------------------------------------ cluster files and the Jobs API
-LAUNCHER = ("cluster_name: x\nprovider: {type: aws}\nmax_workers: 2\nhead_node_type: head\navailable_node_types:\n"
-            "  head:\n    resources: {CPU: 4}\n  gpu:\n    resources: {CPU: 8, GPU: 4}\n    max_workers: 2\n")
-
-
-@pytest.mark.parametrize("text, message", [
-    (LAUNCHER.replace("GPU: 4", "GPU: four"), ":9: available_node_types.gpu.resources.GPU='four' is not a number"),
-    (LAUNCHER.replace("    max_workers: 2\n", "    max_workers: many\n"),
-     ":10: available_node_types.gpu.max_workers='many' is not a number"),
-    (LAUNCHER.replace("head_node_type: head", "head_node_type: hed"),
-     ":4: head_node_type 'hed' is not one of available_node_types ['gpu', 'head']"),
-    (LAUNCHER.replace("  gpu:", "  head:"), ": key 'head' appears twice in one mapping (lines 6 and 8)"),
-    (LAUNCHER[:40], " is not valid YAML (line 3: "),
-    ("cluster_name: x\nprovider: {}\nmax_workers: 1\nhead_node_type: head\navailable_node_types: [1, 2]\n",
-     ":5: available_node_types must be a mapping, not list"),
-    ("kind: RayCluster\nspec:\n  headGroupSpec:\n    template:\n      spec:\n        containers: []\n",
-     ":6: containers must list at least one container"),
-    ("- a\n- b\n", ":1: not a YAML mapping"),
-])
-def test_a_malformed_cluster_file_is_named_with_its_line(tmp_path, capsys, text, message):
-    f = tmp_path / "cluster.yaml"
-    f.write_text(text)
-    cli_fails(["plan", "--cluster", str(f)], capsys, f"error: cluster file {f}{message}")
-
-
+# ------------------------------------------------------------------ the Jobs API (cluster files: the battery,
+# tests/bad_input_cases.py)
 @pytest.fixture
-def not_a_dashboard():
-    """A real HTTP server on loopback that is no Ray dashboard: every path answers 404."""
-    import http.server
-    import threading
+def not_a_dashboard(tmp_path):
+    from bad_input_cases import not_a_dashboard
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
-    server.RequestHandlerClass.log_message = lambda *a: None
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with not_a_dashboard(tmp_path / "served") as address:
+        yield address
 
 
-def test_jobs_api_addresses_that_cannot_work_are_one_line(capsys, not_a_dashboard, monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)  # the 404 server serves this empty folder
+def test_jobs_api_addresses_that_cannot_work_are_one_line(capsys, not_a_dashboard):
     for address in ("ftp://127.0.0.1:1", "http://", "127.0.0.1", "http://127.0.0.1:8265/jobs"):
         cli_fails(["jobs", "list", "--address", address], capsys, f"error: address {address.rstrip('/')!r} is not the "
                   "Ray dashboard's http://HOST:PORT")

@@ -163,12 +163,13 @@ def runtime_env(working_dir: str, requirements: str | None = None, env: dict[str
 def submit(config_path: str | None, overrides: list[str], address: str | None = None, working_dir: str = ".",
            requirements: str | None = None, env: dict[str, str] | None = None, job_id: str | None = None) -> str:
     load_config(config_path, overrides)  # fail here, not on the cluster
+    renv = runtime_env(working_dir, requirements, env)  # a missing requirements file too, before any request
     c = client(address)
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:
         try:
             with jobs_api(address):
-                return _submit_once(c, config_path, overrides, working_dir, requirements, env, job_id)
+                return _submit_once(c, config_path, overrides, renv, job_id)
         except ClusterAccessError as e:
             # A head's first seconds: its job agent has not registered yet, and Ray answers 500 "No available
             # agent to submit job, please try again later" (dashboard/modules/job/job_head.py, submit_job)
@@ -183,9 +184,8 @@ def submit(config_path: str | None, overrides: list[str], address: str | None = 
             time.sleep(5)
 
 
-def _submit_once(c, config_path, overrides, working_dir, requirements, env, job_id) -> str:
-    return c.submit_job(entrypoint=build_entrypoint(config_path, overrides), submission_id=job_id,
-                        runtime_env=runtime_env(working_dir, requirements, env),
+def _submit_once(c, config_path, overrides, renv: dict, job_id) -> str:
+    return c.submit_job(entrypoint=build_entrypoint(config_path, overrides), submission_id=job_id, runtime_env=renv,
                         metadata={"tool": "rlhf_ray", "config": str(config_path)})
 
 

@@ -168,10 +168,10 @@ def _explain(plans, nodes, failed: GroupPlan, bundle, where: str, strict_spread:
     there = "; ".join(f"node {i}: {describe_resources(n)}" for i, n in enumerate(nodes)) or "no nodes"
     return (f"the actor layout does not fit {where}: a bundle of {'+'.join(failed.roles)} needing "
             f"{describe_resources(bundle)} has no node left to go to"
-            f"{' (placement.strategy=STRICT_SPREAD: one bundle of a group per node)' if strict_spread else ''}.\n"
-            f"  asked ({total['CPU']:g} CPU, {total['GPU']:g} GPU in all): {asked}\n"
-            f"  there: {there}\n"
-            f"  lower <role>.num_actors or <role>.num_gpus_per_actor / num_cpus_per_actor, colocate roles "
+            f"{' (placement.strategy=STRICT_SPREAD: one bundle of a group per node)' if strict_spread else ''}; "
+            f"asked ({total['CPU']:g} CPU, {total['GPU']:g} GPU in all): {asked}; "
+            f"there: {there}; "
+            f"lower <role>.num_actors or <role>.num_gpus_per_actor / num_cpus_per_actor, colocate roles "
             f"(placement.colocate), drop or provide <role>.resources_per_actor, or add nodes")
 
 

@@ -125,7 +125,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for item in overrides:
         _set_path(tree, *_parse_override(item))
     if overrides:
-        source += " + overrides " + " ".join(overrides)
+        source += " + the command line's overrides"  # the error names the key; every override would bury it
     try:
         return Config.model_validate(tree)
     except ValidationError as e:

@@ -140,6 +140,8 @@ def check_reward_function(cfg: Config, sample: dict | None) -> None:
         raise ValueError(f"{where}: a call with one row f(prompts=[...], responses=[''], answers=[...]) raised "
                          f"{type(e).__name__}: {e} (a rule reward takes three equal-length lists and returns "
                          f"one score per response)") from None
+    if isinstance(scores, (str, bytes, dict)) or not hasattr(scores, "__len__"):
+        raise ValueError(f"{where}: returned {type(scores).__name__}, not a list of numbers (one score per response)")
     try:
         check_scores(list(scores), 1, where)
     except TypeError as e:
