@@ -30,7 +30,8 @@ def main() -> int:
         policy = build_tiny_model(str(folder / "models"), kind="causal_lm")
         reward = build_tiny_model(str(folder / "models"), kind="reward", seed=1)
         with not_a_dashboard(folder / "served") as address:
-            values = {**prepare(folder / "files", policy, reward), "NOT_A_DASHBOARD": address}
+            values = {**prepare(folder / "files", policy, reward), "NOT_A_DASHBOARD": address,
+                      "DASH_PORT": address.rsplit(":", 1)[1]}
             print("| case | command (beside a tiny run's overrides) | error |\n| --- | --- | --- |")
             for i, case in enumerate(CASES):
                 rc, err = run_case(case, values, i)

@@ -4,7 +4,8 @@ real command line (``rlhf_ray.cli.main``, in-process), each with the text its on
 tests/test_bad_inputs_battery.py asserts every case exits 2 with one line ``error: ...`` holding that
 text, no traceback, and no Ray started; scripts/bad_inputs_battery.py prints the table of
 docs/reliability.md from the same cases. Placeholders: {P} a tiny causal LM, {R} a tiny reward model,
-{D} the folder ``prepare`` fills with broken files, {RUN} a fresh run directory for the case.
+{D} the folder ``prepare`` fills with broken files, {RUN} a fresh run directory for the case,
+{NOT_A_DASHBOARD} a loopback HTTP server that is no Ray dashboard, {DASH_PORT} its (taken) port.
 """
 
 from __future__ import annotations
@@ -316,6 +317,15 @@ CASES: list[Case] = [
         name="jobs at a page, not the dashboard", base=False),
     cmd("jobs", "list", "--address", NOT_A_DASHBOARD, message="is not a Ray dashboard (no /api/version)",
         name="jobs at a server that is no dashboard", base=False),
+    cmd("serve-reward", "--function", "no_such_module:f", message="cannot import module 'no_such_module'",
+        name="serve a reward that cannot be imported", base=False),
+    cmd("serve-reward", "--function", "rlhf_ray.tasks.rewards:arithmetic_exact_match", "--port", "99999",
+        message="--port 99999: a port is 0-65535", name="serve a reward on a port out of range", base=False),
+    cmd("serve-reward", "--function", "rlhf_ray.tasks.rewards:arithmetic_exact_match", "--port", "{DASH_PORT}",
+        message="--host 127.0.0.1 --port {DASH_PORT}: cannot listen there (Address already in use)",
+        name="serve a reward on a port that is taken", base=False),
+    cmd("report", "{D}/a_folder", message="{D}/a_folder/metrics.jsonl does not exist: is {D}/a_folder a run directory?",
+        name="report of a folder that is no run", base=False),
     cmd("submit", "--address", "http://127.0.0.1:1", env={"RAY_AUTH_TOKEN_PATH": "{D}/no_token"},
         message="RAY_AUTH_TOKEN_PATH={D}/no_token is not a file holding a token", name="token file missing", base=False),
 ]

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.unit
 def values(tiny_policy, tiny_reward_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("battery")
     with not_a_dashboard(folder / "served") as address:
-        yield {**prepare(folder / "files", tiny_policy, tiny_reward_model), "NOT_A_DASHBOARD": address}
+        yield {**prepare(folder / "files", tiny_policy, tiny_reward_model), "NOT_A_DASHBOARD": address,
+               "DASH_PORT": address.rsplit(":", 1)[1]}
 
 
 def test_the_battery_has_about_a_hundred_distinct_cases():
