@@ -94,7 +94,7 @@ def prepare(folder: Path, policy: str, reward: str) -> dict[str, str]:
     (folder / "a_folder").mkdir(exist_ok=True)
     (folder / "no_config").mkdir(exist_ok=True)
     (folder / "no_config" / "model.safetensors").write_bytes(b"")
-    for name in ("no_tokenizer", "cut", "bad_header", "bad_config"):
+    for name in ("no_tokenizer", "cut", "bad_header", "bad_config", "alien"):
         shutil.copytree(policy, folder / name, dirs_exist_ok=True)
     for f in (folder / "no_tokenizer").glob("tokenizer*"):
         f.unlink()
@@ -102,6 +102,8 @@ def prepare(folder: Path, policy: str, reward: str) -> dict[str, str]:
     weights.write_bytes(weights.read_bytes()[:1000])
     (folder / "bad_header" / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
     (folder / "bad_config" / "config.json").write_text("{not json")
+    alien = json.loads((folder / "alien" / "config.json").read_text())
+    (folder / "alien" / "config.json").write_text(json.dumps({**alien, "model_type": "no_such_architecture"}))
     previous = folder / "previous_run"
     previous.mkdir(exist_ok=True)
     (previous / "eval_step00000.jsonl").write_text("{}\n")
@@ -213,6 +215,8 @@ CASES: list[Case] = [
     train("reward model without a path", "reward.kind=model", message="reward.kind=model needs reward.model_path"),
     train("LoRA target the model lacks", "learner.lora.targets=[q_proj, qkv_proj]",
           message="learner.lora.targets: ['qkv_proj'] are not linear modules of the model in {P}"),
+    train("LoRA on an architecture transformers cannot build", "model.path={D}/alien", "learner.lora=true",
+          message="{D}/alien: transformers cannot build its model from config.json to check the LoRA targets"),
     train("critic LoRA target the critic lacks", "algorithm=ppo", "critic.lora.targets=[lm_head]",
           message="critic.lora.targets: ['lm_head'] are not linear modules"),
     train("LLM judge that is a reward model", "trainer.eval.baseline=reference", "trainer.eval.judge=llm",

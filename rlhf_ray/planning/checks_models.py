@@ -92,8 +92,12 @@ def linear_names(path: str, kind: str) -> set[str]:
 
     from rlhf_ray.models.lora import linear_module_names
 
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
     cls = {"causal_lm": AutoModelForCausalLM, "backbone": AutoModel, "classifier": AutoModelForSequenceClassification}
-    with torch.device("meta"):
-        model = cls[kind].from_config(config)
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        with torch.device("meta"):
+            model = cls[kind].from_config(config)
+    except Exception as e:  # noqa: BLE001 - an architecture transformers cannot build is named, not a traceback
+        raise ValueError(f"{path}: transformers cannot build its model from config.json to check the LoRA targets "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     return linear_module_names(model) | ({"value_head"} if kind == "backbone" else set())
