@@ -20,6 +20,7 @@ from rlhf_ray.config import ConfigError
 from rlhf_ray.config.loading import config_table, load_config
 from rlhf_ray.models.shipped import SHIPPED_MODELS
 from rlhf_ray.runs.report import write_report
+from rlhf_ray.runs.rundir import check_output_file
 
 
 def _split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
@@ -107,6 +108,7 @@ def cmd_make_traces(args) -> int:
 
     path, overrides = _split_config_args(args.config)
     cfg = load_config(path, overrides)
+    check_output_file(args.out, "--out")
     n = write_calculator_traces(cfg, args.out, args.n)
     print(f"{n} SFT rows (a tool call and a final answer for each of {args.n} training questions) -> {args.out}")
     return 0
@@ -179,7 +181,12 @@ def cmd_serve_reward(args) -> int:
         token = os.environ.get(args.token_env)
         if not token:
             raise ValueError(f"--token-env {args.token_env}: environment variable {args.token_env} is not set (or empty)")
-    server = serve_reward_function(args.function, args.host, args.port, token)
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port {args.port}: a port is 0-65535 (0 = any free one)")
+    try:
+        server = serve_reward_function(args.function, args.host, args.port, token)
+    except OSError as e:  # the address is taken, or not this machine's
+        raise ValueError(f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror or e})") from None
     host, port = server.server_address[:2]
     print(f"serving {args.function} at http://{host}:{port}/ ({'bearer token required' if token else 'no token'}); "
           f"Ctrl-C stops", flush=True)

@@ -90,3 +90,21 @@ def assert_fails_before_actors(cfg, exc, message: str):
     after = len(ray.util.list_named_actors(all_namespaces=True)) if ray.is_initialized() else 0
     assert after == before
     return str(e.value)
+
+
+def cli_fails(argv: list[str], capsys, message: str) -> str:
+    """``rlhf-ray argv`` exits 2 with one line ``error: ...`` holding ``message``, no traceback, and Ray
+    started nothing (not started at all, or no new actor in the session's test Ray)."""
+    import ray
+
+    from rlhf_ray.cli import main
+
+    was_up = ray.is_initialized()
+    before = len(ray.util.list_named_actors(all_namespaces=True)) if was_up else 0
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert message in err, err
+    assert ray.is_initialized() == was_up
+    assert (len(ray.util.list_named_actors(all_namespaces=True)) if was_up else 0) == before
+    return err.strip()

@@ -79,3 +79,27 @@ class FirstRowFailsLater(Environment):
             time.sleep(0.3)
             raise ValueError("the tool broke")
         return Observation(text="again")
+
+
+class StepWithoutTurn(Environment):
+    """``step`` that takes no turn text: the interface is wrong."""
+
+    def step(self):
+        return Observation(done=True)
+
+
+class GreetingResetEnv(Environment):
+    """``reset`` returns a string where None or a list of messages is expected."""
+
+    def reset(self, row):
+        return "hello"
+
+    def step(self, action):
+        return Observation(done=True)
+
+
+NOT_A_TOOL = 42  # env.tools naming something that is not a function
+
+
+def undocumented_tool(x: int) -> int:
+    return x

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -149,6 +151,49 @@ def test_synthesize_pairs_from_two_families(tmp_path, tiny_policy, tiny_gemma_po
                                  "learner.micro_batch_samples_per_actor=1"])
     train, _ = load_offline_data(cfg, load_tokenizer(tiny_policy))
     assert train.format == "pairs" and len(train.units) == len(rows)
+
+
+SYNTH_FAIL_MARKER = Path(tempfile.gettempdir()) / "rlhf_ray_test_synthesize_fails"
+
+
+def reward_failing_late(prompts, responses, answers):
+    """A rule reward that fails on the second chunk's prompts while the marker file exists (a service that
+    goes down late in a long generation)."""
+    if SYNTH_FAIL_MARKER.exists() and any("10 + 5" in str(p) for p in prompts):
+        raise ConnectionError("the scoring service went away")
+    return [float(len(r) % 3) for r in responses]
+
+
+@pytest.mark.slow
+def test_synthesize_keeps_each_chunk_and_a_rerun_continues(tmp_path, tiny_policy, local_ray, capsys):
+    """Candidates are kept a chunk of prompts at a time: a failure on the second chunk keeps the first,
+    a rerun with the same --out samples only what is missing, and its rows are a clean run's rows."""
+    from rlhf_ray.config.loading import load_config
+    from rlhf_ray.trainers.evaluate import prompt_file_overrides
+    from rlhf_ray.trainers.synthesize import run_synthesize
+
+    def cfg(run, out):
+        return load_config(overrides=_eval_args(
+            tiny_policy, tmp_path / run, "reward.function=tests.test_compare:reward_failing_late", "rollout.backend=hf",
+            "synthesize.samples_per_prompt=2", "synthesize.chunk_prompts=2", f"synthesize.out_file={out}",
+            *prompt_file_overrides(_prompt_file(tmp_path), split="train")))
+
+    out, parts = tmp_path / "pairs.jsonl", tmp_path / "pairs.jsonl.candidates" / "model0.jsonl"
+    SYNTH_FAIL_MARKER.write_text("")
+    try:
+        with pytest.raises(Exception, match="the scoring service went away"):
+            run_synthesize(cfg("first", out))
+    finally:
+        SYNTH_FAIL_MARKER.unlink()
+    kept = [json.loads(x) for x in parts.read_text().splitlines()[1:]]
+    assert [r["row"] for r in kept] == [0, 0, 1, 1] and not out.exists()  # the first chunk, whole
+    capsys.readouterr()
+    run_synthesize(cfg("again", out))
+    assert f"the candidates of 2 of 6 prompts kept from {parts}; continuing" in capsys.readouterr().out
+    assert not parts.parent.exists()  # every candidate is in the rows now
+    clean = tmp_path / "clean.jsonl"
+    run_synthesize(cfg("clean", clean))
+    assert out.read_text() == clean.read_text() and out.read_text()
 
 
 def test_pairwise_prompt_cuts_both_answers_alike():

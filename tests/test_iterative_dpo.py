@@ -3,6 +3,7 @@ pairs → DPO on the learner against the reference → weight sync."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -40,3 +41,7 @@ def test_two_rounds_of_dpo_on_own_samples(local_ray, tiny_policy, tiny_reward_mo
     for step in (0, 1, 2):
         assert (tmp_path / f"compare_step{step:05d}.json").is_file()
     assert all(0 <= r["eval/compare/win_rate"] <= 1 and "eval/compare/lc_win_rate" in r for r in rows)
+    # Every round's pairs were written as they were made, as text with their scores.
+    pairs = [json.loads(line) for line in (tmp_path / "iterative_pairs.jsonl").read_text().splitlines()]
+    assert [p["round"] for p in pairs] == [1] * 4 + [2] * 4
+    assert all(p["chosen_score"] > p["rejected_score"] and isinstance(p["chosen"], str) for p in pairs)

@@ -199,7 +199,7 @@ def test_prepare_gemma3(tmp_path):
     assert 2.3 < with_bos < 3.1 and without > 5.0
 
 
-def test_shipped_names_resolve_for_every_role_and_the_cli(tiny_dir, monkeypatch, capsys):
+def test_shipped_names_resolve_for_every_role_and_the_cli(tiny_dir, monkeypatch, capsys, tmp_path):
     """'gemma3' and 'smollm2' name their exports wherever a model path is read (the exports themselves
     are the slow tests'; here each name's exporter is a stand-in that returns a tiny folder)."""
     from rlhf_ray import cli
@@ -210,6 +210,7 @@ def test_shipped_names_resolve_for_every_role_and_the_cli(tiny_dir, monkeypatch,
     from rlhf_ray.trainers.inputs import model_paths
 
     llama, gemma = build_tiny_model(tiny_dir), build_tiny_model(tiny_dir, family="gemma3")
+    monkeypatch.setenv("RLHF_RAY_CACHE", str(tmp_path))  # no export there: resolving a name says it prepares one
     calls = []
     fake = {"smollm2": llama, "gemma3": gemma}
     monkeypatch.setattr(shipped, "SHIPPED_MODELS", {
@@ -222,6 +223,7 @@ def test_shipped_names_resolve_for_every_role_and_the_cli(tiny_dir, monkeypatch,
     assert (paths["learner"], paths["rollout"], paths["reference"], paths["critic"]) == (llama, llama, gemma, gemma)
     monkeypatch.setattr(cli, "SHIPPED_MODELS", shipped.SHIPPED_MODELS)
     calls.clear()
+    assert "[model] 'gemma3' is not prepared yet: exporting it to" in capsys.readouterr().out  # the progress line
     assert cli.main(["prepare-model"]) == 0 and cli.main(["prepare-model", "--model", "gemma3", "--out", "/x", "--force"]) == 0
     assert calls == [("smollm2", None, False), ("gemma3", "/x", True)]
     assert capsys.readouterr().out.split() == [llama, "/x"]

@@ -58,3 +58,21 @@ def test_rows_carry_provenance():
 def test_too_few_candidates_is_an_error():
     with pytest.raises(ValueError, match="at least 2 candidates"):
         choose_pairs(torch.tensor([[1.0], [2.0]]), "best_worst", 0.0, 0)
+
+
+def test_candidates_are_kept_a_chunk_at_a_time_and_a_cut_chunk_is_sampled_again(tmp_path):
+    from rlhf_ray.data.candidates import CandidateFile
+
+    prompts = ["p0", "p1", "p2", "p3"]
+    path = tmp_path / "out.jsonl.candidates" / "model0.jsonl"
+    store = CandidateFile(path, "m", 2, 7, prompts)
+    assert store.done() == []  # nothing yet: the file now holds its header alone
+    chunk = [[Candidate(f"a{p}{c}", float(c), "m", 7 + 2 * p + c) for c in range(2)] for p in range(2)]
+    store.append(0, chunk)
+    with path.open("a") as f:  # the next chunk, cut by a crash mid-write
+        f.write('{"row": 2, "text": "a20", "score": 0.0, "seed": 11}\n{"row": 2, "te')
+    again = CandidateFile(path, "m", 2, 7, prompts)
+    assert again.done() == chunk  # the whole chunk kept, the cut one dropped
+    assert len(path.read_text().splitlines()) == 1 + 4  # and dropped from the file, so appends follow on
+    assert CandidateFile(path, "m", 2, 8, prompts).done() == []  # another seed: started afresh
+    assert CandidateFile(path, "m", 2, 7, prompts).done() == []  # (and the file was started afresh for it)

@@ -14,6 +14,7 @@ first import, and a clear error naming where the rejected token came from (docs/
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -21,6 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from rlhf_ray.config.loading import load_config
 
@@ -61,9 +63,24 @@ def cluster_token() -> tuple[str | None, str]:
     return None, "no RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
 
 
+def check_address(address: str) -> None:
+    """The dashboard's http(s)://host[:port], or a GCS host:port (Ray's client finds the dashboard then)."""
+    parts = urlsplit(address if "://" in address else f"gcs://{address}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if (parts.scheme not in ("http", "https", "gcs") or not parts.hostname or parts.path.strip("/")
+            or (parts.scheme == "gcs" and port is None)):
+        raise ClusterAccessError(f"address {address!r} is not the Ray dashboard's http://HOST:PORT (e.g. "
+                                 f"{DEFAULT_DASHBOARD}, which the Jobs API answers at) nor a GCS HOST:PORT: fix "
+                                 f"--address or RAY_ADDRESS")
+
+
 def check_access(address: str, token: str | None, source: str) -> None:
     """One request before Ray's client makes its own, so a token or address problem reads as one, not as
     a traceback."""
+    check_address(address)
     if not address.startswith(("http://", "https://")):
         return  # a GCS address: Ray's client finds the dashboard itself
     request = urllib.request.Request(f"{address}/api/version", headers=auth_headers(token))
@@ -77,6 +94,9 @@ def check_access(address: str, token: str | None, source: str) -> None:
             raise ClusterAccessError(f"the cluster at {address} rejected the token from {source}: it is another "
                                      f"cluster's (a local `rlhf-ray train` writes its own ~/.ray/auth_token); "
                                      f"{HOW_TO_GIVE_TOKEN}") from None
+        what = "is not a Ray dashboard (no /api/version)" if e.code == 404 else f"answered HTTP {e.code} ({e.reason})"
+        raise ClusterAccessError(f"{address} {what}: give the dashboard's address (port 8265 by default, not the "
+                                 f"GCS's 6379) in --address or RAY_ADDRESS") from None
     except OSError as e:  # refused, timed out, no such host
         raise ClusterAccessError(f"no Ray dashboard answers at {address} ({getattr(e, 'reason', e)}): is the head up "
                                  f"(launch/start_local_head.sh), the tunnel open, --address or RAY_ADDRESS right?"
@@ -104,7 +124,22 @@ def client(address: str | None = None):
     # Imported here: Ray takes seconds to load, and only job commands need its client.
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(address, headers=auth_headers(token))
+    with jobs_api(address):
+        return JobSubmissionClient(address, headers=auth_headers(token))
+
+
+@contextlib.contextmanager
+def jobs_api(address: str | None):
+    """Ray's client failing (no dashboard at a GCS address, a job that does not exist, an HTTP error) as one
+    ClusterAccessError naming the address, not a traceback."""
+    try:
+        yield
+    except (ClusterAccessError, FileNotFoundError, TimeoutError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - Ray's client raises RuntimeError, RpcError, ConnectionError, ...
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ClusterAccessError(f"the Jobs API at {dashboard_address(address)} failed: {type(e).__name__}: "
+                                 f"{first}") from None
 
 
 def build_entrypoint(config_path: str | None, overrides: list[str]) -> str:
@@ -128,25 +163,30 @@ def runtime_env(working_dir: str, requirements: str | None = None, env: dict[str
 def submit(config_path: str | None, overrides: list[str], address: str | None = None, working_dir: str = ".",
            requirements: str | None = None, env: dict[str, str] | None = None, job_id: str | None = None) -> str:
     load_config(config_path, overrides)  # fail here, not on the cluster
+    renv = runtime_env(working_dir, requirements, env)  # a missing requirements file too, before any request
     c = client(address)
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:
         try:
-            return c.submit_job(entrypoint=build_entrypoint(config_path, overrides), submission_id=job_id,
-                                runtime_env=runtime_env(working_dir, requirements, env),
-                                metadata={"tool": "rlhf_ray", "config": str(config_path)})
-        except RuntimeError as e:
+            with jobs_api(address):
+                return _submit_once(c, config_path, overrides, renv, job_id)
+        except ClusterAccessError as e:
             # A head's first seconds: its job agent has not registered yet, and Ray answers 500 "No available
             # agent to submit job, please try again later" (dashboard/modules/job/job_head.py, submit_job)
             # before creating anything, so trying again is safe.
             if "No available agent" not in str(e):
                 raise
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{e} The head's job agent did not come up in {AGENT_WAIT_S} s: see "
-                                   f"dashboard_agent.log in the head's session logs (its port, 52365 by default, "
-                                   f"taken by another Ray on that machine? `ray start --dashboard-agent-listen-port`)"
-                                   ) from None
+                raise ClusterAccessError(f"{e} The head's job agent did not come up in {AGENT_WAIT_S} s: see "
+                                         f"dashboard_agent.log in the head's session logs (its port, 52365 by "
+                                         f"default, taken by another Ray on that machine? `ray start "
+                                         f"--dashboard-agent-listen-port`)") from None
             time.sleep(5)
+
+
+def _submit_once(c, config_path, overrides, renv: dict, job_id) -> str:
+    return c.submit_job(entrypoint=build_entrypoint(config_path, overrides), submission_id=job_id, runtime_env=renv,
+                        metadata={"tool": "rlhf_ray", "config": str(config_path)})
 
 
 def follow(job_id: str, address: str | None = None, poll_s: float = 2.0, echo=print) -> str:
@@ -176,17 +216,21 @@ def wait(job_id: str, address: str | None = None, timeout_s: float = 1800, poll_
 
 
 def status(job_id: str, address: str | None = None) -> str:
-    return str(client(address).get_job_status(job_id).value)
+    with jobs_api(address):
+        return str(client(address).get_job_status(job_id).value)
 
 
 def logs(job_id: str, address: str | None = None) -> str:
-    return client(address).get_job_logs(job_id)
+    with jobs_api(address):
+        return client(address).get_job_logs(job_id)
 
 
 def stop(job_id: str, address: str | None = None) -> bool:
-    return client(address).stop_job(job_id)
+    with jobs_api(address):
+        return client(address).stop_job(job_id)
 
 
 def list_jobs(address: str | None = None) -> list[dict]:
-    return [{"job_id": j.submission_id, "status": str(j.status.value), "entrypoint": j.entrypoint,
-             "start_time": j.start_time} for j in client(address).list_jobs()]
+    with jobs_api(address):
+        return [{"job_id": j.submission_id, "status": str(j.status.value), "entrypoint": j.entrypoint,
+                 "start_time": j.start_time} for j in client(address).list_jobs()]

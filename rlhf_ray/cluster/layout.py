@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from rlhf_ray.config import Config
+from rlhf_ray.config.loading import read_yaml
 
 
 class InfeasibleLayout(ValueError):
@@ -167,10 +168,10 @@ def _explain(plans, nodes, failed: GroupPlan, bundle, where: str, strict_spread:
     there = "; ".join(f"node {i}: {describe_resources(n)}" for i, n in enumerate(nodes)) or "no nodes"
     return (f"the actor layout does not fit {where}: a bundle of {'+'.join(failed.roles)} needing "
             f"{describe_resources(bundle)} has no node left to go to"
-            f"{' (placement.strategy=STRICT_SPREAD: one bundle of a group per node)' if strict_spread else ''}.\n"
-            f"  asked ({total['CPU']:g} CPU, {total['GPU']:g} GPU in all): {asked}\n"
-            f"  there: {there}\n"
-            f"  lower <role>.num_actors or <role>.num_gpus_per_actor / num_cpus_per_actor, colocate roles "
+            f"{' (placement.strategy=STRICT_SPREAD: one bundle of a group per node)' if strict_spread else ''}; "
+            f"asked ({total['CPU']:g} CPU, {total['GPU']:g} GPU in all): {asked}; "
+            f"there: {there}; "
+            f"lower <role>.num_actors or <role>.num_gpus_per_actor / num_cpus_per_actor, colocate roles "
             f"(placement.colocate), drop or provide <role>.resources_per_actor, or add nodes")
 
 
@@ -182,51 +183,109 @@ def nodes_from_cluster_file(path: str) -> list[dict[str, float]]:
 
 def cluster_file_groups(path: str) -> list[tuple[str, int, dict[str, float], dict]]:
     """(node type or worker group name, most nodes of it, each one's resources, its YAML section) per
-    kind of node of a cluster file, head first for KubeRay; rlhf_ray.cluster.hardware reads the sections."""
-    doc = yaml.safe_load(Path(path).read_text())
+    kind of node of a cluster file, head first for KubeRay; rlhf_ray.cluster.hardware reads the sections.
+    Errors name the file, the line and the field (ValueError)."""
+    doc = read_yaml(Path(path), "cluster file")
+    f = _ClusterFile(path)
     if not isinstance(doc, dict):
-        raise ValueError(f"{path}: not a YAML mapping")
+        f.fail([], "not a YAML mapping (a Ray cluster launcher file, or a KubeRay RayCluster/RayJob)")
     if doc.get("kind") == "RayJob":
-        return _kuberay_groups(_require(doc, "spec.rayClusterSpec", path), path)
+        return _kuberay_groups(f.require(doc, ["spec", "rayClusterSpec"]), f, ["spec", "rayClusterSpec"])
     if doc.get("kind") == "RayCluster":
-        return _kuberay_groups(_require(doc, "spec", path), path)
-    types = _require(doc, "available_node_types", path)
-    head = _require(doc, "head_node_type", path)
+        return _kuberay_groups(f.require(doc, ["spec"]), f, ["spec"])
+    types = f.require(doc, ["available_node_types"], dict)
+    head = f.require(doc, ["head_node_type"])
     for key in ("cluster_name", "provider", "max_workers"):
-        _require(doc, key, path)
+        f.require(doc, [key])
     if head not in types:
-        raise ValueError(f"{path}: head_node_type {head!r} is not one of available_node_types {sorted(types)}")
+        f.fail(["head_node_type"], f"head_node_type {head!r} is not one of available_node_types {sorted(types)}")
     groups = []
     for name, t in types.items():
-        res = _require(t, "resources", f"{path} available_node_types.{name}")
-        count = 1 if name == head else int(t.get("max_workers", 0))
-        groups.append((name, count, {"CPU": 0.0, "GPU": 0.0, **{k: float(v) for k, v in res.items()}}, t))
+        at = ["available_node_types", name]
+        res = f.require(t, ["resources"], dict, at)
+        count = 1 if name == head else f.number(t.get("max_workers", 0), at + ["max_workers"], int)
+        groups.append((name, count, {"CPU": 0.0, "GPU": 0.0,
+                                     **{k: f.number(v, at + ["resources", k]) for k, v in res.items()}}, t))
     return groups
 
 
-def _kuberay_groups(spec: dict, path: str) -> list[tuple[str, int, dict[str, float], dict]]:
-    head = _require(spec, "headGroupSpec", path)
-    groups = [("head", 1, _pod_resources(head, f"{path} headGroupSpec"), head)]
-    for i, group in enumerate(spec.get("workerGroupSpecs", [])):
-        count = int(group.get("maxReplicas", group.get("replicas", 1)))
-        groups.append((group.get("groupName", f"workers{i}"), count,
-                       _pod_resources(group, f"{path} workerGroupSpecs[{i}]"), group))
+def _kuberay_groups(spec: dict, f: "_ClusterFile", at: list) -> list[tuple[str, int, dict[str, float], dict]]:
+    head = f.require(spec, ["headGroupSpec"], dict, at)
+    groups = [("head", 1, _pod_resources(head, f, at + ["headGroupSpec"]), head)]
+    workers = spec.get("workerGroupSpecs", [])
+    if not isinstance(workers, list):
+        f.fail(at + ["workerGroupSpecs"], "workerGroupSpecs must be a list of worker groups")
+    for i, group in enumerate(workers):
+        where = at + ["workerGroupSpecs", i]
+        if not isinstance(group, dict):
+            f.fail(where, f"workerGroupSpecs[{i}] must be a mapping")
+        count = f.number(group.get("maxReplicas", group.get("replicas", 1)), where + ["maxReplicas"], int)
+        groups.append((str(group.get("groupName", f"workers{i}")), count, _pod_resources(group, f, where), group))
     return groups
 
 
-def _pod_resources(group: dict, where: str) -> dict[str, float]:
-    params = group.get("rayStartParams", {})
-    container = _require(group, "template.spec.containers", where)[0]
-    limits = container.get("resources", {}).get("limits", {})
+def _pod_resources(group: dict, f: "_ClusterFile", at: list) -> dict[str, float]:
+    params = group.get("rayStartParams", {}) or {}
+    containers = f.require(group, ["template", "spec", "containers"], list, at)
+    if not containers or not isinstance(containers[0], dict):
+        f.fail(at + ["template", "spec", "containers"], "containers must list at least one container")
+    limits = (containers[0].get("resources") or {}).get("limits") or {}
     cpu = params.get("num-cpus", limits.get("cpu", 0))
     gpu = params.get("num-gpus", limits.get("nvidia.com/gpu", 0))
-    return {"CPU": float(str(cpu).rstrip("m")) / (1000 if str(cpu).endswith("m") else 1), "GPU": float(gpu)}
+    milli = str(cpu).endswith("m")
+    cpus = f.number(str(cpu).rstrip("m"), at + ["rayStartParams" if "num-cpus" in params else "template"]) / (
+        1000 if milli else 1)
+    return {"CPU": cpus, "GPU": f.number(gpu, at + ["rayStartParams" if "num-gpus" in params else "template"])}
 
 
-def _require(doc: dict, dotted: str, where: str):
-    node = doc
-    for key in dotted.split("."):
-        if not isinstance(node, dict) or key not in node:
-            raise ValueError(f"{where}: missing required field {dotted!r}")
-        node = node[key]
-    return node
+def _dotted(keys) -> str:
+    return ".".join(f"[{k}]" if isinstance(k, int) else str(k) for k in keys).replace(".[", "[")
+
+
+class _ClusterFile:
+    """Errors about one cluster file, each naming the file, the line of the field (from YAML's node
+    tree) and the field."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def require(self, doc, keys: list, kind: type | None = None, at: list = ()):
+        node = doc
+        for i, key in enumerate(keys):
+            if not isinstance(node, dict) or key not in node:
+                section = f"{_dotted(at)}: " if at else ""
+                self.fail([*at, *keys[:i]], f"{section}missing required field {_dotted(keys)!r}")
+            node = node[key]
+        if kind is not None and not isinstance(node, kind):
+            self.fail([*at, *keys], f"{_dotted([*at, *keys])} must be a "
+                                    f"{'mapping' if kind is dict else 'list'}, not {type(node).__name__}")
+        return node
+
+    def number(self, value, keys: list, kind: type = float):
+        try:
+            return kind(float(value)) if kind is int else float(value)
+        except (TypeError, ValueError):
+            self.fail(keys, f"{_dotted(keys)}={value!r} is not a number")
+
+    def fail(self, keys: list, message: str):
+        raise ValueError(f"cluster file {self.path}{self._line(keys)}: {message}")
+
+    def _line(self, keys: list) -> str:
+        """':N', the line of the deepest of ``keys`` that the file has ('' when it cannot tell)."""
+        try:
+            node = yaml.compose(Path(self.path).read_text())
+        except (OSError, yaml.YAMLError):
+            return ""
+        line = node.start_mark.line if node is not None else None
+        for key in keys:
+            if isinstance(node, yaml.MappingNode):
+                match = [(k, v) for k, v in node.value if k.value == str(key)]
+                if not match:
+                    break
+                line, node = match[0][0].start_mark.line, match[0][1]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+                node = node.value[key]
+                line = node.start_mark.line
+            else:
+                break
+        return f":{line + 1}" if line is not None else ""

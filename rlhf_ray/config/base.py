@@ -1,5 +1,5 @@
 """The base of every config section (rlhf_ray.config.*): strict, so an unknown
-key or a wrong type is an error naming it."""
+key, a wrong type or a number that is not finite (``.inf``, ``.nan``) is an error naming it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ConfigError(ValueError):

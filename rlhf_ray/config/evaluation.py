@@ -71,6 +71,9 @@ class SynthesizeConfig(Strict):
         "Which candidates make a pair: the best and the worst scored, or the best and a seeded random other one."))
     min_margin: float = Field(0.0, ge=0, description="Pairs whose chosen score exceeds the rejected by less than this are dropped.")
     out_file: str = Field("synthetic.jsonl", description="Output JSONL, inside trainer.run_dir unless absolute.")
+    chunk_prompts: int = Field(64, ge=1, description=(
+        "Prompts sampled and scored at a time; each chunk's candidates are kept in <out_file>.candidates/ before "
+        "the next, so a rerun with the same out_file continues after the last whole chunk."))
 
 
 class IterativeConfig(Strict):

@@ -59,15 +59,56 @@ def _explain(err: ValidationError, source: str) -> ConfigError:
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden" and key in MOVED:
-            lines.append(f"  {key}: moved to {MOVED[key]}")
+            lines.append(f"{key}: moved to {MOVED[key]}")
         elif e["type"] == "extra_forbidden":
             near = difflib.get_close_matches(str(e["loc"][-1]), _known_keys(Config, e["loc"]), n=1)
             hint = f" (did you mean '{'.'.join(map(str, e['loc'][:-1] + (near[0],)))}'?)" if near else ""
-            lines.append(f"  {key}: unknown key{hint}")
+            lines.append(f"{key}: unknown key{hint}")
+        elif e["type"] == "value_error":  # a rule of the schema: its message names its keys
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(msg if not e["loc"] else f"{key}: {msg}")
         else:
-            got = "" if e["type"] == "value_error" else f" (got {e.get('input')!r})"
-            lines.append(f"  {key}: {e['msg']}{got}")
-    return ConfigError(f"invalid config from {source}:\n" + "\n".join(lines))
+            lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+    return ConfigError("; ".join(lines) + f" (the config from {source})")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *anchor' merges; its keys may repeat
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (list, dict)):  # unhashable: the safe loader's own error names it
+                continue
+            if key in seen:
+                raise ConfigError(f"{self.name}: key {key!r} appears twice in one mapping (lines {seen[key]} and "
+                                  f"{line}): keep one (YAML readers keep the last silently)")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path, what: str = "config file"):
+    """A YAML file's document, duplicate keys refused with both line numbers; errors (ConfigError) name
+    ``what`` the file is, the file and the line."""
+    try:
+        return yaml.load(path.read_text(), Loader=lambda stream: _named_loader(stream, f"{what} {path}"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{what} {path} is not valid YAML ({line}{problem})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{what} {path} cannot be read ({e})") from None
+
+
+def _named_loader(stream, name: str) -> _UniqueKeyLoader:
+    loader = _UniqueKeyLoader(stream)
+    loader.name = name
+    return loader
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -78,17 +119,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        tree = read_yaml(p) or {}
         if not isinstance(tree, dict):
             raise ConfigError(f"config file {p} must hold a mapping of sections, not {type(tree).__name__}")
         source = str(p)
     for item in overrides:
         _set_path(tree, *_parse_override(item))
     if overrides:
-        source += " + overrides " + " ".join(overrides)
+        source += " + the command line's overrides"  # the error names the key; every override would bury it
     try:
         return Config.model_validate(tree)
     except ValidationError as e:

@@ -208,6 +208,20 @@ class Config(Strict):
         return self
 
     @model_validator(mode="after")
+    def _iterative_fits(self) -> "Config":
+        if self.spec.controller != "iterative":
+            return self
+        k, prompts, batch = self.synthesize.samples_per_prompt, self.iterative.prompts_per_round, self.offline.batch_samples_global
+        if k < 2:
+            raise ValueError(f"algorithm={self.algorithm} pairs the policy's own answers to each prompt: "
+                             f"synthesize.samples_per_prompt={k} must be ≥ 2")
+        if prompts < batch:
+            raise ValueError(f"iterative.prompts_per_round={prompts} makes at most one pair per prompt, fewer than the "
+                             f"offline.batch_samples_global={batch} pairs of one DPO step: no round would update; raise "
+                             f"iterative.prompts_per_round or lower offline.batch_samples_global")
+        return self
+
+    @model_validator(mode="after")
     def _lora_fits(self) -> "Config":
         if self.reference.source == "learner_base" and self.learner.lora is None:
             raise ValueError("reference.source=learner_base reads the reference from the learner with its adapters "

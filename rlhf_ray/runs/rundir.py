@@ -93,17 +93,39 @@ def check_run_dir(cfg: Config, resume_from: Path | None) -> list[str]:
         f"that run with trainer.overwrite=true (deletes its checkpoints and metrics)")
 
 
-def _check_writable(run_dir: Path) -> None:
+def _check_writable(run_dir: Path, where: str | None = None) -> None:
     """A file made and removed in the run directory, or its nearest existing parent: permission bits
-    alone miss read-only mounts (and say nothing for root)."""
+    alone miss read-only mounts (and say nothing for root). ``where`` starts the error (the key and value)."""
+    where = where or f"trainer.run_dir={run_dir}"
     existing = next(p for p in [run_dir, *run_dir.absolute().parents] if p.exists())
     if not existing.is_dir():
-        raise RunDirError(f"trainer.run_dir={run_dir}: {existing} is a file, not a folder")
+        raise RunDirError(f"{where}: {existing} is a file, not a folder")
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:
-        raise RunDirError(f"trainer.run_dir={run_dir}: cannot write in {existing} ({e.strerror})") from None
+        raise RunDirError(f"{where}: cannot write in {existing} ({e.strerror})") from None
+
+
+def check_output_file(path: str | Path, key: str) -> Path:
+    """A file a command is about to write (``key`` names it in the config or on the command line): not
+    a folder, its folder writable (or creatable), the file itself writable if it is there. Checked
+    before any generation, so nothing computed is lost to a path that was never writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise RunDirError(f"{key}={path}: is a folder; name a file to write (e.g. {path / 'out.jsonl'})")
+    if path.exists() and not _opens_for_append(path):
+        raise RunDirError(f"{key}={path}: the file exists and cannot be written")
+    _check_writable(path.parent, f"{key}={path}")
+    return path
+
+
+def _opens_for_append(path: Path) -> bool:
+    try:
+        with path.open("a"):
+            return True
+    except OSError:
+        return False
 
 
 def _check_not_in_use(run_dir: Path) -> None:

@@ -77,3 +77,8 @@ def gsm8k_exact_match(prompts: list[str], responses: list[str], answers: list[st
         ref = reference.rsplit(_GSM8K_MARK, 1)[1] if _GSM8K_MARK in reference else reference
         out.append(1.0 if _same_number(extract_final_number(response), _last_number(ref)) else 0.0)
     return out
+
+
+# Rewards that score a response against its row's reference answer: the preflight refuses them on rows without one.
+arithmetic_exact_match.needs_answers = True
+gsm8k_exact_match.needs_answers = True

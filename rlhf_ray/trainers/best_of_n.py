@@ -9,10 +9,12 @@ and the first sample's mean is plain sampling accuracy, so the two show what the
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 
 from rlhf_ray.config import Config
+from rlhf_ray.runs.rundir import check_output_file
 from rlhf_ray.trainers.inputs import PromptInputs, repeat_prompts
 from rlhf_ray.trainers.online import OnlineController, inference_roles
 
@@ -26,6 +28,7 @@ def best_rows(scores: torch.Tensor, group_size: int) -> list[int]:
 
 def run_best_of_n(cfg: Config) -> dict:
     """Samples, scores and writes the chosen responses; returns a summary of the scores."""
+    path = check_output_file(Path(cfg.trainer.run_dir) / cfg.raft.best_of_n_file, "raft.best_of_n_file")
     ctl = OnlineController(PromptInputs.load(cfg), roles=inference_roles(cfg))
     try:
         prompts = ctl.eval_set if cfg.raft.best_of_n_split == "eval" else ctl.train_set
@@ -36,7 +39,6 @@ def run_best_of_n(cfg: Config) -> dict:
         ctl.shutdown()
     best = best_rows(scores, n)
     groups = scores.reshape(-1, n)
-    path = ctl.run_dir / cfg.raft.best_of_n_file
     with path.open("w") as f:
         for p, row in enumerate(best):
             src = prompts.rows[p]

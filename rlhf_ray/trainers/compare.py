@@ -25,6 +25,7 @@ from rlhf_ray.cluster.dispatch import generate_balanced
 from rlhf_ray.config import Config
 from rlhf_ray.data.prompts import encode_prompts, run_system_prompt
 from rlhf_ray.models.loading import load_tokenizer, resolve_model_path
+from rlhf_ray.planning.checks_models import CAUSAL_LM, CLASSIFIER, check_architecture
 from rlhf_ray.rewards.functions import import_reward_function
 from rlhf_ray.roles import Rollout
 from rlhf_ray.trainers.judges import choice_ids, make_judge
@@ -61,6 +62,10 @@ class Comparison:
         self.initial_policy = initial_policy
         self.baseline_path = baseline_path(cfg, initial_policy)
         self.judge_path = judge_path(cfg)
+        ec = cfg.trainer.eval
+        check_architecture(self.baseline_path, "trainer.eval.baseline", "baseline", CAUSAL_LM)
+        check_architecture(self.judge_path, "trainer.eval.judge_model_path" if ec.judge_model_path else "reward.model_path",
+                           f"judge (trainer.eval.judge={ec.judge})", CAUSAL_LM if ec.judge == "llm" else CLASSIFIER)
         if cfg.trainer.eval.judge == "llm":
             choice_ids(load_tokenizer(self.judge_path), cfg.trainer.eval.judge_choices)
         self.accuracy_fn = import_reward_function(cfg.reward.function) if cfg.reward.kind == "rule" else None

@@ -72,7 +72,8 @@ class PromptInputs(RunInputs):
         return cls(cfg, paths, tokenizer, PromptSampler(len(train_set.ids), cfg.trainer.seed), train_set, eval_set)
 
     def sample_row(self) -> dict | None:
-        return self.train_set.rows[0]
+        """The first training row with a reference answer (row 0 when none has one)."""
+        return next((r for r in self.train_set.rows if str(r.get("answer") or "").strip()), self.train_set.rows[0])
 
     def sample_rows(self, prompts: int, samples_per_prompt: int) -> list[int]:
         """Training-set row of every sample of the next ``prompts`` prompts, grouped per prompt."""

@@ -9,16 +9,20 @@
 Offline DPO trains on pairs some other policy wrote; here every round's pairs are the current
 policy's own samples, ranked by the reward (Xiong et al. 2024, "Iterative Preference Learning from
 Human Feedback"; Dong et al. 2024, "RLHF Workflow"). A round is a step: trainer.save_every and
-trainer.eval.every count rounds, and a resumed run continues at the next round.
+trainer.eval.every count rounds, and a resumed run continues at the next round. Each round's pairs are
+appended to <run_dir>/iterative_pairs.jsonl as they are made, so the generations outlive a failure
+later in the run (a resumed run appends the rounds it redoes again, each row says its round).
 """
 
 from __future__ import annotations
 
+import json
 import time
 
 import torch
 
 from rlhf_ray.data import Unit, collate
+from rlhf_ray.data.candidates import append_lines
 from rlhf_ray.data.synthetic import choose_pairs
 from rlhf_ray.roles import PolicyLearner
 from rlhf_ray.runs.tracking import StageTimer
@@ -27,6 +31,9 @@ from rlhf_ray.trainers.estimate import group_metrics
 from rlhf_ray.trainers.offline import score_units
 from rlhf_ray.trainers.online import OnlineController
 from rlhf_ray.trainers.raft import whole_steps
+
+
+PAIRS_FILE = "iterative_pairs.jsonl"  # every round's pairs as text, in the run directory
 
 
 class IterativeDPOTrainer(OnlineController):
@@ -71,7 +78,19 @@ class IterativeDPOTrainer(OnlineController):
         units = [Unit(self.train_set.ids[rows[p * k]], [responses[p * k + c], responses[p * k + j]], f"round {r} prompt {p}")
                  for p, c, j in pairs]
         keep = whole_steps(list(range(len(units))), self.cfg.offline.batch_samples_global, seed)
+        self.record_pairs(r, rows, responses, scores, pairs)
         return [units[i] for i in keep]
+
+    def record_pairs(self, r: int, rows: list[int], responses: list[list[int]], scores: torch.Tensor,
+                     pairs: list[tuple[int, int, int]]) -> None:
+        """The round's pairs as text, appended to <run_dir>/iterative_pairs.jsonl as soon as they are made (one
+        write per round, on disk before the update): the generations outlive a failure later in the run."""
+        k, flat = self.cfg.synthesize.samples_per_prompt, scores.reshape(-1).tolist()
+        text = lambda i: self.tokenizer.decode(responses[i], skip_special_tokens=True)  # noqa: E731
+        append_lines(self.run_dir / PAIRS_FILE, [json.dumps({
+            "round": r, "prompt": self.train_set.rows[rows[p * k]]["prompt"], "chosen": text(p * k + c),
+            "rejected": text(p * k + j), "chosen_score": flat[p * k + c], "rejected_score": flat[p * k + j]})
+            for p, c, j in pairs])
 
     def train_pairs(self, r: int, units: list[Unit], ref: torch.Tensor) -> dict[str, float]:
         """iterative.epochs seeded passes of DPO steps over the round's units (``ref``: 2 rows each)."""
