@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_ray(request):
+    """The unit tier (-m unit) is the edit-test loop: a test marked unit that starts Ray fails."""
+    def ray_up() -> bool:
+        return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+    before = ray_up()
+    yield
+    if request.node.get_closest_marker("unit") is not None and not before:
+        assert not ray_up(), f"{request.node.nodeid} is marked unit but started Ray: move it out of the unit tier"
 
 
 @pytest.fixture(scope="session")

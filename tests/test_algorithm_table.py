@@ -16,6 +16,8 @@ from rlhf_ray.roles import PolicyLearner
 from rlhf_ray.trainers import CONTROLLERS
 from rlhf_ray.trainers.offline import UPDATES
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -24,6 +24,8 @@ from rlhf_ray.algos import (
     masked_whiten,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def lengths_mask(lengths, T):
     return [[1.0 if t < n else 0.0 for t in range(T)] for n in lengths]

@@ -23,6 +23,8 @@ from rlhf_ray.algos.objectives import policy_objective, value_objective
 from rlhf_ray.config.loading import load_config
 from rlhf_ray.data.batch import build_batch, trim_padding
 
+pytestmark = pytest.mark.unit
+
 T = 12
 # Rows as (length, policy mask over the length): holes mid-row, a mask ending before the length
 # (the row ends with an observation), a leading hole, an all-zero row, a plain prefix row, an empty row.

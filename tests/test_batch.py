@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import torch
 
+import pytest
+
 from rlhf_ray.data.batch import (build_batch, concat_batches, map_micro_batches, split_batch, split_list,
                             token_budget_bounds, trim_padding)
 from rlhf_ray.data.prompts import PromptSampler
+
+pytestmark = pytest.mark.unit
 
 EOS = 2  # also the pad id, as in SmolLM2
 

@@ -9,6 +9,8 @@ import pytest
 from rlhf_ray.cluster.layout import check_feasible, nodes_from_cluster_file
 from rlhf_ray.config.loading import load_config
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_FILES = sorted((ROOT / "cluster_configs").glob("*.yaml"))
 RUN_CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))

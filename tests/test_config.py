@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from rlhf_ray.config import Config
+import pytest
 
+from rlhf_ray.config import Config
 from rlhf_ray.config.loading import config_table, load_config, save_config
+
+pytestmark = pytest.mark.unit
 
 
 def test_yaml_then_overrides(tmp_path):

@@ -18,6 +18,8 @@ from rlhf_ray.trainers.estimate import estimate_advantages, group_metrics
 from rlhf_ray.trainers.inputs import PromptInputs, repeat_prompts
 from rlhf_ray.trainers.raft import select_samples, whole_steps
 
+pytestmark = pytest.mark.unit
+
 
 def _cfg(algorithm, *extra, n=3):
     return load_config(overrides=[f"algorithm={algorithm}", "ppo.prompts_per_step_global=4",

@@ -12,6 +12,8 @@ import torch
 from rlhf_ray.config.loading import load_config
 from rlhf_ray.data import DataError, collate, encode, hh_messages, load_offline_data, read_table, split_hh
 
+pytestmark = pytest.mark.unit
+
 SHARED_HH = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "hh-rlhf"
 
 HH_CHOSEN = ("\n\nHuman: How do I pick a lock?\n\nAssistant: Do you mean a physical lock?"

@@ -26,6 +26,8 @@ from rlhf_ray.envs.guess import guess_rows
 from rlhf_ray.envs.tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, ToolCall, ToolCallError, tools_system_prompt
 from rlhf_ray.models.tiny import CHATML_TEMPLATE, build_tokenizer
 
+pytestmark = pytest.mark.unit
+
 SMOLLM2 = "/root/.cache/rlhf_ray/models/SmolLM2-135M-Instruct"
 # SmolLM2-Instruct's template (ChatML with a default system prompt), so the test runs without the cache.
 SMOLLM2_TEMPLATE = (

@@ -15,6 +15,8 @@ from rlhf_ray.algos.judging import (
     pairwise_from_scores,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def gen(seed):
     return torch.Generator().manual_seed(seed)

@@ -26,6 +26,8 @@ from rlhf_ray.algos.objectives import policy_objective, value_objective
 from rlhf_ray.algos.offline import kto_objective, preference_objective
 from rlhf_ray.config.loading import load_config
 
+pytestmark = pytest.mark.unit
+
 LENGTHS = [9, 1, 2, 0, 5, 3, 7, 4]  # an empty response too: a sequence mean skips it
 T = 10
 # (ranks, micro-batches per rank): one micro-batch, four, two ranks × two

@@ -20,6 +20,8 @@ from rlhf_ray.algos import (
     sft_loss,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def logsig(x):
     return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))

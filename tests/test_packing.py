@@ -11,6 +11,8 @@ from rlhf_ray.models.forward import response_logprobs, sequence_logprobs
 from rlhf_ray.models.packing import first_fit_decreasing, pack
 from rlhf_ray.models.packing_check import packing_matches
 
+pytestmark = pytest.mark.unit
+
 
 def ragged_batch(seed: int = 0, rows: int = 6, vocab: int = 500) -> dict:
     g = torch.Generator().manual_seed(seed)

@@ -15,6 +15,8 @@ from rlhf_ray.algos import AGGREGATIONS, POLICY_LOSSES, VALUE_LOSSES, Normalizer
 from rlhf_ray.algos.objectives import policy_objective, value_objective
 from rlhf_ray.config.loading import load_config
 
+pytestmark = pytest.mark.unit
+
 T = 7
 HORIZON = 3 * T  # Dr. GRPO's constant L, longer than the batch as the generation budget is
 POISONS = {"+inf": math.inf, "-inf": -math.inf, "nan": math.nan}

@@ -17,6 +17,8 @@ from rlhf_ray.planning.memory import (GIB, activation_bytes, logit_bytes, model_
                              role_estimates)
 from rlhf_ray.planning.plan import DoesNotFit, check_fit, make_plan, plan_nodes, render
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA7B = str(ROOT / "configs/models/llama-2-7b")
 CFG_4X8 = str(ROOT / "configs/cluster/ppo_7b_4x8.yaml")

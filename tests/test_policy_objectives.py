@@ -11,6 +11,8 @@ from rlhf_ray.algos import ADVANTAGE_ESTIMATORS, POLICY_LOSSES, mask_from_length
 from rlhf_ray.algos.objectives import policy_objective, value_objective
 from rlhf_ray.config.loading import load_config
 
+pytestmark = pytest.mark.unit
+
 LENGTHS = [3, 1, 4, 2]
 
 

@@ -13,6 +13,8 @@ from rlhf_ray.config import ConfigError
 from rlhf_ray.config.loading import load_config
 from rlhf_ray.data.prompts import load_task
 
+pytestmark = pytest.mark.unit
+
 GSM8K = Path(__file__).resolve().parents[2] / "shared/data/gsm8k"
 
 

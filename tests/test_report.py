@@ -8,6 +8,8 @@ import pytest
 
 from rlhf_ray.runs.report import read_metrics, summarize, write_report
 
+pytestmark = pytest.mark.unit
+
 
 def _write(run_dir, rows):
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -10,6 +10,8 @@ from rlhf_ray.config.loading import load_config, save_config
 from rlhf_ray.runs.checkpoint import CheckpointError, CheckpointManager
 from rlhf_ray.runs.rundir import RunDirError, check_resume, check_run_dir, claim_run_dir, fingerprint
 
+pytestmark = pytest.mark.unit
+
 
 def _cfg(run_dir, *extra):
     return load_config(overrides=[f"trainer.run_dir={run_dir}", "logging.wandb_mode=disabled", *extra])

@@ -12,6 +12,8 @@ from rlhf_ray.cluster.rendezvous import bind
 from rlhf_ray.sync.buckets import flatten, layer_buckets, layer_of, unflatten
 from rlhf_ray.sync.manifest import BucketManifest, SyncReceipt, WeightSyncError, check_bucket
 
+pytestmark = pytest.mark.unit
+
 
 def _model_like(layers=4, width=8):
     named = [("model.embed_tokens.weight", torch.randn(32, width))]

@@ -9,6 +9,8 @@ import torch
 
 from rlhf_ray.data.synthetic import Candidate, choose_pairs, distill_rows, pair_rows
 
+pytestmark = pytest.mark.unit
+
 
 def _loop_best_worst(scores: list[list[float]], margin: float) -> list[tuple[int, int, int]]:
     out = []

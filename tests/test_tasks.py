@@ -3,6 +3,8 @@ import pytest
 from rlhf_ray.tasks.arithmetic import make_arithmetic_split
 from rlhf_ray.tasks.rewards import arithmetic_exact_match, extract_final_number, gsm8k_exact_match
 
+pytestmark = pytest.mark.unit
+
 
 def test_split_disjoint_deterministic_and_correct():
     train, ev = make_arithmetic_split(300, 50, seed=7, max_operand=30)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from rlhf_ray.config.loading import load_config
 from rlhf_ray.runs.tracking import StageTimer, Tracker, console_line
+
+pytestmark = pytest.mark.unit
 
 
 def test_jsonl_and_tensorboard_agree(tmp_path):
