@@ -15,7 +15,6 @@ import pytest
 from conftest import tiny_overrides
 from rlhf_ray.config.loading import load_config
 from rlhf_ray.roles import Rollout
-from rlhf_ray.trainers.controller import TrainableLost
 
 
 def _kill(group, rank=0):
@@ -25,63 +24,60 @@ def _kill(group, rank=0):
     return pid
 
 
-def test_killed_actors_restart_and_the_run_goes_on(local_ray, tiny_policy, tmp_path):
-    from rlhf_ray.trainers.ppo import PPOTrainer
-
-    cfg = load_config(overrides=tiny_overrides(tiny_policy, tmp_path, "rollout.num_actors=2", "trainer.total_steps=5"))
-    trainer = PPOTrainer.from_config(cfg)
-    try:
-        trainer.step(1)
-        for step, role in enumerate(("rollout", "reward", "reference"), start=2):
-            group = getattr(trainer, role)
-            old_pid = _kill(group)
-            metrics = trainer.step(step)  # the stage that meets the dead actor restarts it and runs again
-            assert trainer.restarts == step - 1
-            assert group.get([group.actors[0].identity.remote()])[0]["pid"] != old_pid
-            assert all(math.isfinite(metrics[k]) for k in ("reward/mean", "kl/mean", "learner/policy_loss"))
-            # a restarted engine serves the learner's weights, not the initial ones
-            assert metrics["check/logprob_gap_mean"] < 1e-3
-        assert trainer.rollout.get(trainer.rollout.call(Rollout.get_version)) == [4, 4]
-        _kill(trainer.learner)
-        with pytest.raises(TrainableLost, match=r"learner ranks \[0\] died") as lost:
-            trainer.step(5)  # a step cannot recover a learner: fit() goes back to a checkpoint
-        assert lost.value.ranks == {"learner": [0]}
-    finally:
-        trainer.shutdown()
-
-
 def _metrics(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_lost_learner_and_critic_ranks_are_restored_from_checkpoints(local_ray, tiny_policy, tmp_path):
-    """Critic rank 0 dies before any checkpoint (back to the start), learner rank 1 of 2 dies after
-    the step-3 checkpoint (back to step 3): the run finishes with the uninterrupted run's metrics."""
+def test_lost_actors_of_every_role_and_the_run_ends_as_an_uninterrupted_one(local_ray, tiny_policy, tmp_path):
+    """One run meets a dead actor of every role (by process id, at the start of a step). Critic rank 0,
+    killed before any checkpoint, takes the trainable groups back to the start; then rollout engine 0
+    of 2, the reward and the reference actor are started again and their stage runs again (the engine
+    serving the learner's weights, not the initial ones); learner rank 1 of 2, killed after the step-3
+    checkpoint, takes the trainable groups back to step 3. The run finishes with the uninterrupted
+    run's metrics."""
     from rlhf_ray.trainers.ppo import PPOTrainer
 
     class KillingTrainer(PPOTrainer):
-        kills = {2: ("critic", 0), 5: ("learner", 1)}
+        kills = {2: ("critic", 0), 3: ("rollout", 0), 4: ("reward", 0), 5: ("reference", 0), 6: ("learner", 1)}
+        pids: dict[str, int] = {}
+        lost: list[dict] = []
 
         def step(self, step):
             if step in self.kills:
                 role, rank = self.kills.pop(step)
-                _kill(getattr(self, role), rank)
+                self.pids[role] = _kill(getattr(self, role), rank)
+                restarts = self.restarts
+                metrics = super().step(step)  # the stage that meets an untrained role's dead actor runs again
+                group = getattr(self, role)
+                assert self.restarts == restarts + 1
+                assert group.get([group.actors[rank].identity.remote()])[0]["pid"] != self.pids[role]
+                assert all(math.isfinite(metrics[k]) for k in ("reward/mean", "kl/mean", "learner/policy_loss"))
+                assert metrics["check/logprob_gap_mean"] < 1e-3  # a restarted engine serves the learner's weights
+                return metrics
             return super().step(step)
 
+        def restore_trainables(self, lost):
+            self.lost.append(lost.ranks)  # the step raised TrainableLost: fit() goes back to a checkpoint
+            return super().restore_trainables(lost)
+
     def overrides(run_dir):
-        return tiny_overrides(tiny_policy, run_dir, "learner.num_actors=2", "trainer.total_steps=6",
-                              "trainer.save_every=3", "trainer.save_hf=false")
+        return tiny_overrides(tiny_policy, run_dir, "rollout.num_actors=2", "learner.num_actors=2",
+                              "trainer.total_steps=7", "trainer.save_every=3", "trainer.save_hf=false",
+                              "trainer.max_actor_restarts=5")
 
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     for cls, run_dir in ((PPOTrainer, straight), (KillingTrainer, killed)):
         trainer = cls.from_config(load_config(overrides=overrides(run_dir)))
         try:
             trainer.fit()
+            versions = trainer.rollout.get(trainer.rollout.call(Rollout.get_version))
         finally:
             trainer.shutdown()
-    assert trainer.restarts == 2 and not trainer.kills
+    assert not trainer.kills and trainer.restarts == 5
+    assert trainer.lost == [{"critic": [0]}, {"learner": [1]}]
+    assert versions == [7, 7]
     want, got = _metrics(straight), _metrics(killed)
-    assert [r["step"] for r in got] == list(range(7))  # each step logged once, in order
+    assert [r["step"] for r in got] == list(range(8))  # each step logged once, in order
     for a, b in zip(want[1:], got[1:]):
         for key in ("reward/mean", "kl/mean", "learner/policy_loss", "critic/value_loss"):
             assert b[key] == pytest.approx(a[key], abs=1e-5), (a["step"], key)

@@ -15,8 +15,10 @@ from rlhf_ray.config.loading import load_config
 from rlhf_ray.roles import Rollout
 
 # Seconds a respawned actor may wait for a node (trainer.placement_wait_s, 300 by default for a real cluster):
-# on this cluster a free node takes it within seconds, so 20 s only shortens the no-spare cases.
+# on this cluster a free node takes it within seconds, so 20 s only shortens the no-spare cases. A lost
+# engine with no node for it waits the whole time before the run goes on without it: 5 s there.
 PLACEMENT_WAIT = "trainer.placement_wait_s=20"
+NO_SPARE_ENGINE_WAIT_S = 5
 
 
 def _metrics(run_dir) -> list[dict]:
@@ -56,7 +58,8 @@ def test_lost_rollout_node(tiny_policy, tmp_path, capsys, spare, transport):
             tiny_policy, tmp_path, "algorithm=grpo", "rollout.backend=hf", "trainer.total_steps=3",
             "rollout.num_actors=2", "rollout.resources_per_actor={engine: 1}", "learner.resources_per_actor={trainer: 1}",
             "reward.resources_per_actor={scorer: 1}", "reference.resources_per_actor={scorer: 1}",
-            f"ray.address={cluster.address}", PLACEMENT_WAIT, f"sync.transport={transport}"))
+            f"ray.address={cluster.address}", f"sync.transport={transport}",
+            PLACEMENT_WAIT if spare else f"trainer.placement_wait_s={NO_SPARE_ENGINE_WAIT_S}"))
         trainer = _trainer(cluster, {2: ("rollout", 1)}, {"engine": 1} if spare else None).from_config(cfg)
         try:
             before = cluster.node_names(trainer.rollout)
@@ -69,7 +72,8 @@ def test_lost_rollout_node(tiny_policy, tmp_path, capsys, spare, transport):
         finally:
             trainer.shutdown()
     out = capsys.readouterr().out
-    dropped = "not placed again within 20s (each needs 0.4 CPU, 0 GPU, 1 engine): continuing with 1 engines"
+    dropped = (f"not placed again within {NO_SPARE_ENGINE_WAIT_S}s (each needs 0.4 CPU, 0 GPU, 1 engine): "
+               "continuing with 1 engines")
     assert (dropped in out) != spare, out[-3000:]
     rows = _metrics(tmp_path)
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
