@@ -86,6 +86,9 @@ def test_ppo_vllm_two_steps(local_ray, tiny_policy, tmp_path):
     assert all(r["sync/buckets"] > 2 for r in rows[1:])
     assert set(summary["eval"]) == {0, 2} and 0 <= summary["eval"][2]["eval/accuracy"] <= 1
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "eval_step00002.jsonl").is_file()
+    # vLLM's engine chatter went to the engines' own logs in the run directory (rlhf_ray.runs.logs)
+    engine_logs = sorted((tmp_path / "logs").glob("*/rollout-*.log"))
+    assert len(engine_logs) == 2 and all("Reloading weights inplace" in f.read_text() for f in engine_logs)
 
 
 def test_ppo_zero3_two_learners_hf_rollout(local_ray, tiny_policy, tmp_path):
