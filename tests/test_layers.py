@@ -58,3 +58,22 @@ def test_no_two_packages_import_each_other():
     edges = {(pkg, target) for pkg, found in imports_by_package().items() for _, target in found}
     both = sorted({tuple(sorted(e)) for e in edges if (e[1], e[0]) in edges})
     assert not both, both
+
+
+def test_every_module_is_committed_and_shipped_with_a_job():
+    """A pattern meant for the default run directory (runs/) once hid the rlhf_ray/runs package from git
+    and from a job's uploaded working dir: every module must be tracked and pass the job's excludes."""
+    import subprocess
+
+    from ray._private.runtime_env.packaging import _get_excludes
+
+    from rlhf_ray.cluster.jobs import EXCLUDES
+
+    root = PACKAGE.parent
+    modules = sorted(str(p.relative_to(root)) for p in PACKAGE.rglob("*.py"))
+    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "rlhf_ray"],
+                             cwd=root, capture_output=True, text=True)
+    if tracked.returncode == 0:  # a git checkout
+        assert not set(modules) - set(tracked.stdout.split()), "modules git ignores"
+    excluded = _get_excludes(root, EXCLUDES)
+    assert not [m for m in modules if excluded(root / m)], "modules a submitted job would not get"

@@ -27,8 +27,9 @@ from urllib.parse import urlsplit
 from rlhf_ray.config.loading import load_config
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
-# Never shipped to the cluster: environments, outputs, caches (the working dir is zipped and uploaded).
-EXCLUDES = [".venv/", "runs/", "wandb/", ".git/", "ray_token", "**/__pycache__/", "*.egg-info/", ".cache/", ".whl/"]
+# Never shipped to the cluster: environments, outputs, caches (the working dir is zipped and uploaded; the
+# patterns are .gitignore-style: "/runs/" is the default run directory, not the rlhf_ray/runs package).
+EXCLUDES = [".venv/", "/runs/", "wandb/", ".git/", "ray_token", "**/__pycache__/", "*.egg-info/", ".cache/", ".whl/"]
 # Passed from the submitting shell to the job when set there.
 FORWARDED_ENV = ("WANDB_API_KEY", "WANDB_PROJECT", "WANDB_ENTITY", "HF_HUB_OFFLINE", "RLHF_RAY_CACHE")
 # How long `submit` keeps trying while a freshly started head has no job agent yet.
