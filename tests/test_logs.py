@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from rlhf_ray.runs.logs import actor_log_file, route_driver_logs
+from rlhf_ray.runs.logs import DRIVER_CHATTER, actor_log_file, route_driver_logs
 
 pytestmark = pytest.mark.unit
 
@@ -72,7 +72,7 @@ def test_driver_chatter_to_driver_log_warnings_to_console(tmp_path, capsys):
         assert "a warning of Ray's" in err
         assert route_driver_logs(tmp_path / "other", verbose=True) is None
     finally:
-        for name in ("ray", "vllm", "transformers", "DeepSpeed", "datasets"):
+        for name in DRIVER_CHATTER:
             log = logging.getLogger(name)
             for h in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
                 log.removeHandler(h)
